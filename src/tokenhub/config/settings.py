@@ -1,0 +1,77 @@
+"""Process settings, read once at start-up from ``TOKENHUB_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Mode = Literal["cheap", "normal", "high_confidence", "planning", "adversarial"]
+MODES: tuple[Mode, ...] = ("cheap", "normal", "high_confidence", "planning", "adversarial")
+
+DEFAULT_DB_URL = "sqlite:///data/tokenhub.db"
+
+
+class Settings(BaseSettings):
+    """Everything the process needs that is not the provider/model catalogue.
+
+    Constructor arguments outrank the environment, so tests build ``Settings(...)``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TOKENHUB_", extra="ignore", frozen=True)
+
+    listen_addr: str = "127.0.0.1:8090"
+    config: Path | None = None
+    db_url: str = DEFAULT_DB_URL
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    default_mode: Mode = "normal"
+    # One upstream attempt (non-stream), or the wait for the first and each later chunk (stream).
+    provider_timeout_secs: float = Field(default=60.0, gt=0, le=3600)
+    # The whole request, failover included; below the openai SDK's own 600 s default.
+    request_timeout_secs: float = Field(default=300.0, gt=0, le=3600)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    log_flush_interval_ms: int = Field(default=200, gt=0, le=60_000)
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("listen_addr")
+    @classmethod
+    def _check_listen_addr(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be host:port, for example 127.0.0.1:8090")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen_addr.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen_addr.rpartition(":")[2])
+
+    @property
+    def async_db_url(self) -> str:
+        return to_async_db_url(self.db_url)
+
+
+def to_async_db_url(url: str) -> str:
+    """Map a plain SQLAlchemy URL onto the async driver we ship for it.
+
+    ``sqlite:///x.db`` → ``sqlite+aiosqlite:///x.db``; ``postgresql://`` and ``postgres://`` →
+    ``postgresql+asyncpg://``. URLs that already name a driver are returned unchanged.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"not a database URL: {url!r}")
+    if scheme == "sqlite":
+        return f"sqlite+aiosqlite://{rest}"
+    if scheme in ("postgresql", "postgres"):
+        return f"postgresql+asyncpg://{rest}"
+    return url

@@ -1,0 +1,117 @@
+"""The engine's typed errors. Each class says what went wrong; the gateway maps classes to HTTP.
+
+EngineError
+├── InvalidRequest      the request cannot be served as written (names the offending field)
+├── ModelNotFound       the client named a model nobody configured
+├── NoEligibleModel     models exist, but none may take this request now (context, budget, health)
+├── UpstreamError       one upstream call failed; ``error_class`` says how
+└── RoutingFailed       every candidate was tried and failed; carries the attempts
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+ErrorClass = Literal["rate_limited", "transient", "context_overflow", "timeout", "fatal"]
+IneligibleReason = Literal["disabled", "context_window", "budget", "latency", "min_weight", "unhealthy"]
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(EngineError):
+    """The request is malformed or asks for something impossible; ``param`` names the field."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+class ModelNotFound(EngineError):
+    """Raised when ``model`` names no configured (enabled) model."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model '{model}' does not exist or is not enabled on this gateway.")
+        self.model = model
+
+
+class NoEligibleModel(EngineError):
+    """Raised when no model may take the request; ``reasons`` maps model id to why it was skipped.
+
+    ``retry_after`` (seconds) is set when the blocker is temporary (a provider cooling down).
+    """
+
+    def __init__(self, reasons: dict[str, IneligibleReason], retry_after: float | None = None) -> None:
+        kinds = sorted(set(reasons.values()))
+        detail = ", ".join(f"{model}: {why}" for model, why in sorted(reasons.items()))
+        super().__init__(f"No model can take this request ({detail or 'no models configured'}).")
+        self.reasons = reasons
+        self.kinds = kinds
+        self.retry_after = retry_after
+
+
+class UpstreamError(EngineError):
+    """One upstream call failed.
+
+    ``error_class``: ``rate_limited`` (429/529), ``context_overflow`` (prompt too long for the model),
+    ``transient`` (5xx, connection errors, broken streams), ``timeout`` (first token or total),
+    ``fatal`` (any other 4xx). ``status`` is the upstream's HTTP status when there was one;
+    ``retry_after`` is in seconds.
+    """
+
+    def __init__(
+        self,
+        error_class: ErrorClass,
+        message: str,
+        *,
+        provider_id: str = "",
+        model_id: str = "",
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_class: ErrorClass = error_class
+        self.provider_id = provider_id
+        self.model_id = model_id
+        self.status = status
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        where = f"{self.provider_id}/{self.model_id}: " if self.provider_id else ""
+        return f"{where}{self.error_class}: {self.message}"
+
+
+class RoutingFailed(EngineError):
+    """Every candidate failed. ``error_class`` summarises the attempts for the client:
+    ``rate_limited`` only when every attempt was rate limited, otherwise the last attempt's class."""
+
+    def __init__(self, attempts: Sequence[UpstreamError]) -> None:
+        if not attempts:
+            raise ValueError("RoutingFailed needs at least one attempt")
+        self.attempts = tuple(attempts)
+        last = self.attempts[-1]
+        if all(a.error_class == "rate_limited" for a in self.attempts):
+            self.error_class: ErrorClass = "rate_limited"
+        else:
+            self.error_class = last.error_class
+        waits = [a.retry_after for a in self.attempts if a.retry_after is not None]
+        self.retry_after = min(waits) if waits else None
+        tried = ", ".join(sorted({f"{a.model_id}" for a in self.attempts}))
+        super().__init__(f"All upstream attempts failed ({tried}); last error: {last}")
+
+    @property
+    def last(self) -> UpstreamError:
+        return self.attempts[-1]
+
+    @property
+    def client_fault(self) -> bool:
+        """Every attempt was refused by an upstream as a bad request (400/422): the request, not the
+        providers, is at fault."""
+        return all(a.error_class == "fatal" and a.status in (400, 422) for a in self.attempts)

@@ -1,0 +1,47 @@
+"""What the engine needs from a provider adapter, and the little every adapter shares."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tokenhub.engine.types import ChatCompletion, ChatRequest
+
+Chunk = dict[str, Any]
+"""An OpenAI ``chat.completion.chunk`` object as parsed JSON. Streams stay dicts: a chunk is parsed and
+re-serialised once per token, where a validating model would cost more than the rest of the hop."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The model a call is for: our id (what clients see) and the upstream's name for it."""
+
+    model_id: str
+    upstream_model: str
+
+
+class Provider(Protocol):
+    """An upstream that can answer chat completions.
+
+    Both methods raise ``UpstreamError`` for every upstream failure. ``timeout`` bounds one call
+    (``send``) or the wait for each chunk (``stream``), in seconds.
+    """
+
+    id: str
+
+    async def start(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+    async def send(self, request: ChatRequest, target: Target, timeout: float) -> ChatCompletion: ...
+
+    def stream(self, request: ChatRequest, target: Target, timeout: float) -> AsyncIterator[Chunk]:
+        """Yield OpenAI-shaped chunks, usage included as OpenAI's ``include_usage`` chunk when the
+        upstream reports it. Closing the iterator early closes the upstream connection."""
+        ...
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate (~4 characters a token), used only where an upstream reports none."""
+    return (len(text) + 3) // 4

@@ -1,0 +1,258 @@
+"""The one seam through which providers speak HTTP: a pooled aiohttp session per provider.
+
+aiohttp is a measured choice for the request hot path (``shared/reference/load-testing.md``: 1,200 req/s
+through a minimal proxy at concurrency 64, against 92 for httpx's native transport). Everything about
+transport errors, timeouts and closing connections lives here, so adapters only see ``UpstreamError``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+
+import aiohttp
+import orjson
+
+from tokenhub.engine.errors import ErrorClass, UpstreamError
+
+# One SSE event bigger than this is treated as a broken upstream, not buffered forever.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+MAX_ERROR_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class SSEEvent:
+    event: str
+    data: str
+
+
+class UpstreamResponse:
+    """A response whose status is 2xx; read it whole or as server-sent events."""
+
+    def __init__(self, response: aiohttp.ClientResponse, provider_id: str) -> None:
+        self._response = response
+        self._provider_id = provider_id
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
+
+    async def read(self) -> bytes:
+        with _mapped_errors(self._provider_id):
+            return await self._response.read()
+
+    async def events(self) -> AsyncIterator[SSEEvent]:
+        """Parse the body as server-sent events; comments and ``id:``/``retry:`` lines are dropped."""
+        buffer = b""
+        event = ""
+        data: list[str] = []
+        with _mapped_errors(self._provider_id):
+            async for piece in self._response.content.iter_any():
+                buffer += piece
+                if len(buffer) > MAX_EVENT_BYTES:
+                    raise UpstreamError(
+                        "transient", "upstream sent an oversized event", provider_id=self._provider_id
+                    )
+                while True:
+                    newline = buffer.find(b"\n")
+                    if newline < 0:
+                        break
+                    line = buffer[:newline].rstrip(b"\r").decode("utf-8", errors="replace")
+                    buffer = buffer[newline + 1 :]
+                    if not line:
+                        if data:
+                            yield SSEEvent(event or "message", "\n".join(data))
+                        event, data = "", []
+                    elif line.startswith("data:"):
+                        data.append(line[5:].removeprefix(" "))
+                    elif line.startswith("event:"):
+                        event = line[6:].strip()
+        if data:
+            yield SSEEvent(event or "message", "\n".join(data))
+
+
+class UpstreamClient:
+    """One long-lived connection pool to one upstream base URL.
+
+    Build it at start-up; ``start()`` opens the pool inside the running loop, ``aclose()`` drains it.
+    """
+
+    def __init__(
+        self,
+        *,
+        provider_id: str,
+        base_url: str,
+        headers: Mapping[str, str],
+        max_connections: int,
+        connect_timeout: float,
+    ) -> None:
+        self.provider_id = provider_id
+        self.base_url = base_url.rstrip("/")
+        self._headers = {"content-type": "application/json", **headers}
+        self._max_connections = max_connections
+        self._connect_timeout = connect_timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections,
+                limit_per_host=self._max_connections,
+                ttl_dns_cache=300,
+                keepalive_timeout=30,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                headers=self._headers,
+                auto_decompress=True,
+                json_serialize=_no_json,
+                raise_for_status=False,
+            )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @asynccontextmanager
+    async def post(
+        self,
+        path: str,
+        body: bytes,
+        *,
+        read_timeout: float,
+        total_timeout: float | None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[UpstreamResponse]:
+        """POST ``body`` and yield the response once it is 2xx.
+
+        A non-2xx status raises ``UpstreamError`` classified by ``classify_status``; the body of the
+        error is read (bounded) for its message. Leaving the block early — an exception, a
+        cancellation — closes the connection, so the upstream stops generating at once.
+        """
+        if self._session is None:
+            raise UpstreamError("transient", "provider client is not started", provider_id=self.provider_id)
+        timeout = aiohttp.ClientTimeout(
+            total=total_timeout, sock_connect=self._connect_timeout, sock_read=read_timeout
+        )
+        response: aiohttp.ClientResponse | None = None
+        completed = False
+        try:
+            with _mapped_errors(self.provider_id):
+                response = await self._session.post(
+                    f"{self.base_url}{path}", data=body, headers=headers, timeout=timeout
+                )
+                if response.status >= 300:
+                    raw = await response.content.read(MAX_ERROR_BODY_BYTES)
+                    raise classify_status(
+                        response.status, raw, response.headers, provider_id=self.provider_id
+                    )
+            yield UpstreamResponse(response, self.provider_id)
+            completed = True
+        finally:
+            if response is not None:
+                if completed and response.content.at_eof():
+                    response.release()
+                else:
+                    response.close()
+
+
+def classify_status(
+    status: int, body: bytes, headers: Mapping[str, str], *, provider_id: str
+) -> UpstreamError:
+    """Turn an upstream's error status and body into an ``UpstreamError`` of the right class."""
+    text = body.decode("utf-8", errors="replace")
+    lowered = text.lower()
+    message = _error_message(text) or f"upstream returned HTTP {status}"
+    error_class: ErrorClass
+    if status in (429, 529):
+        error_class = "fatal" if "insufficient_quota" in lowered else "rate_limited"
+    elif _looks_like_context_overflow(status, lowered):
+        error_class = "context_overflow"
+    elif status in (408, 425) or status >= 500:
+        error_class = "transient"
+    else:
+        error_class = "fatal"
+    return UpstreamError(
+        error_class, message, provider_id=provider_id, status=status, retry_after=parse_retry_after(headers)
+    )
+
+
+def _looks_like_context_overflow(status: int, lowered: str) -> bool:
+    if status not in (400, 413, 422):
+        return False
+    markers = (
+        "context_length_exceeded",
+        "context length",
+        "maximum context",
+        "prompt is too long",
+        "prompt_too_long",
+        "too many tokens",
+        "input is too long",
+        "context window",
+    )
+    return any(marker in lowered for marker in markers)
+
+
+def _error_message(text: str) -> str:
+    """The ``message`` of an OpenAI- or Anthropic-shaped error body, else the (trimmed) body."""
+    try:
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text.strip()[:500]
+    if isinstance(parsed, dict):
+        error = parsed.get("error", parsed)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:500]
+        if isinstance(error, str):
+            return error[:500]
+    return text.strip()[:500]
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+@contextmanager
+def _mapped_errors(provider_id: str) -> Iterator[None]:
+    """The one place aiohttp's exceptions become ``UpstreamError``; timeouts first, being the most
+    specific."""
+    try:
+        yield
+    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        raise UpstreamError("timeout", "upstream did not answer in time", provider_id=provider_id) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamError(
+            "transient", f"cannot connect to upstream: {exc.os_error}", provider_id=provider_id
+        ) from exc
+    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+        raise UpstreamError(
+            "transient", "upstream closed the connection mid-response", provider_id=provider_id
+        ) from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamError(
+            "transient", f"upstream connection error: {exc}", provider_id=provider_id
+        ) from exc
+
+
+def _no_json(_: object) -> str:
+    raise TypeError("bodies are serialised with orjson by the adapters")

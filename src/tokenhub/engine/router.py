@@ -1,0 +1,266 @@
+"""The engine: choose models for a request, call them, fail over by error class.
+
+``route_and_send`` answers a non-streaming request; ``open_stream`` returns a stream whose first content
+is in hand (failover ends there, since the client has seen nothing before it). Both are bounded by the
+request deadline and honour cancellation: cancelling the caller closes the upstream connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import orjson
+
+from tokenhub.engine.errors import ModelNotFound, NoEligibleModel, RoutingFailed, UpstreamError
+from tokenhub.engine.health import HealthTracker
+from tokenhub.engine.providers.base import Chunk, estimate_tokens
+from tokenhub.engine.registry import ModelSpec, Registry
+from tokenhub.engine.scoring import Estimate, ineligibility, rank
+from tokenhub.engine.streaming import ChatStream, ChunkNormaliser, is_substantive
+from tokenhub.engine.types import ChatCompletion, ChatRequest, Decision, Policy, TokenCount
+from tokenhub.telemetry import EventBus, Metrics
+
+T = TypeVar("T")
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Routed:
+    """A non-streaming answer and how it was obtained."""
+
+    completion: ChatCompletion
+    decision: Decision
+    tokens: TokenCount
+    cost_usd: float
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Seconds. ``attempt``: one non-stream call, or the wait for each chunk of a stream.
+    ``request``: everything for one request, failover included."""
+
+    attempt: float
+    request: float
+    transient_retries: int = 2
+    backoff_base: float = 0.1
+
+
+class Engine:
+    def __init__(
+        self,
+        registry: Registry,
+        health: HealthTracker,
+        metrics: Metrics,
+        events: EventBus,
+        limits: Limits,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.registry = registry
+        self.health = health
+        self._metrics = metrics
+        self._events = events
+        self._limits = limits
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+
+    def plan(self, request: ChatRequest, policy: Policy) -> tuple[list[ModelSpec], Estimate]:
+        """The models to try, best first. A named model goes first when it may take the request.
+
+        Raises ``ModelNotFound`` for an unknown name and ``NoEligibleModel`` when nothing may serve.
+        """
+        named = None
+        if request.model and request.model != AUTO:
+            named = self.registry.get_routable(request.model)
+            if named is None:
+                raise ModelNotFound(request.model)
+        estimate = Estimate(input_tokens=_estimate_input(request), output_limit=request.output_limit)
+        eligible: list[ModelSpec] = []
+        reasons = {}
+        for model in self.registry.routable():
+            why = ineligibility(model, policy, estimate, self.health)
+            if why is None:
+                eligible.append(model)
+            else:
+                reasons[model.id] = why
+        ranked = rank(eligible, policy, estimate, self.health)
+        if named is not None and named in ranked:
+            ranked.remove(named)
+            ranked.insert(0, named)
+        if not ranked:
+            waits = [
+                self.health.retry_after(m.provider_id)
+                for m in self.registry.routable()
+                if reasons.get(m.id) == "unhealthy"
+            ]
+            raise NoEligibleModel(reasons, retry_after=min(waits) if waits else None)
+        return ranked, estimate
+
+    async def route_and_send(self, request: ChatRequest, policy: Policy) -> Routed:
+        candidates, estimate = self.plan(request, policy)
+        timeout = self._limits.attempt
+
+        async def attempt(model: ModelSpec) -> ChatCompletion:
+            provider = self.registry.provider(model.provider_id)
+            started = time.monotonic()
+            completion = await provider.send(request, model.target, timeout)
+            self.health.record_success(model.provider_id, (time.monotonic() - started) * 1000)
+            return completion
+
+        completion, model, decision = await self._with_failover(request, policy, candidates, attempt)
+        completion = completion.model_copy(update={"model": model.id})
+        tokens = _tokens_of(completion, estimate)
+        return Routed(completion, decision, tokens, model.cost_usd(tokens.input_tokens, tokens.output_tokens))
+
+    async def open_stream(self, request: ChatRequest, policy: Policy) -> ChatStream:
+        candidates, estimate = self.plan(request, policy)
+        started = time.monotonic()
+        deadline = started + self._deadline(policy)
+        timeout = self._limits.attempt
+
+        async def attempt(model: ModelSpec) -> tuple[AsyncIterator[Chunk], list[Chunk]]:
+            provider = self.registry.provider(model.provider_id)
+            upstream = aiter(provider.stream(request, model.target, timeout))
+            prefix: list[Chunk] = []
+            try:
+                async with asyncio.timeout(timeout):
+                    while not prefix or not is_substantive(prefix[-1]):
+                        prefix.append(await anext(upstream))
+            except StopAsyncIteration:
+                raise UpstreamError("transient", "upstream ended the stream without any content") from None
+            except TimeoutError:
+                raise UpstreamError("timeout", f"no first token within {timeout:g}s") from None
+            finally:
+                if not prefix or not is_substantive(prefix[-1]):
+                    await _aclose(upstream)
+            self.health.record_success(model.provider_id, None)
+            return upstream, prefix
+
+        (upstream, prefix), model, decision = await self._with_failover(request, policy, candidates, attempt)
+        normaliser = ChunkNormaliser(
+            model_id=model.id,
+            include_usage=request.include_usage,
+            prompt_tokens_estimate=estimate.input_tokens,
+        )
+        return ChatStream(
+            upstream=upstream,
+            prefix=prefix,
+            normaliser=normaliser,
+            decision=decision,
+            ttft_ms=(time.monotonic() - started) * 1000,
+            deadline=deadline,
+            on_error=lambda exc: self._record_failure(model, exc),
+        )
+
+    async def _with_failover(
+        self,
+        request: ChatRequest,
+        policy: Policy,
+        candidates: list[ModelSpec],
+        attempt: Callable[[ModelSpec], Awaitable[T]],
+    ) -> tuple[T, ModelSpec, Decision]:
+        """Try ``candidates`` in order: transient errors retry the same model with jittered backoff,
+        context overflow skips to larger-context models, everything else moves to the next model."""
+        failures: list[UpstreamError] = []
+        queue = list(candidates)
+        model = queue[0]
+        try:
+            async with asyncio.timeout(self._deadline(policy)):
+                while queue:
+                    model = queue.pop(0)
+                    for retry in range(self._limits.transient_retries + 1):
+                        try:
+                            result = await attempt(model)
+                        except UpstreamError as exc:
+                            self._record_failure(model, exc)
+                            failures.append(exc)
+                            if exc.error_class != "transient" or retry == self._limits.transient_retries:
+                                break
+                            await asyncio.sleep(self._backoff(retry))
+                        else:
+                            return result, model, self._decision(request, policy, model, failures)
+                    if failures[-1].error_class == "context_overflow":
+                        queue = [m for m in queue if m.max_context_tokens > model.max_context_tokens]
+                    if queue:
+                        self._announce_failover(model, queue[0], failures[-1])
+        except TimeoutError:
+            failures.append(
+                UpstreamError(
+                    "timeout",
+                    f"request exceeded its {self._deadline(policy):g}s limit",
+                    provider_id=model.provider_id,
+                    model_id=model.id,
+                )
+            )
+        raise RoutingFailed(failures)
+
+    def _decision(
+        self, request: ChatRequest, policy: Policy, model: ModelSpec, failures: list[UpstreamError]
+    ) -> Decision:
+        if not failures:
+            reason = "requested-model" if model.id == request.model else f"routed-{policy.mode}"
+        elif failures[-1].error_class == "context_overflow":
+            reason = "escalated-context-overflow"
+        elif failures[-1].model_id == model.id:
+            reason = "retried-transient"
+        else:
+            reason = f"failover-after-{failures[-1].error_class}"
+        failed = tuple(dict.fromkeys(f.model_id for f in failures if f.model_id != model.id))
+        return Decision(
+            model_id=model.id,
+            provider_id=model.provider_id,
+            reason=reason,
+            attempts=len(failures) + 1,
+            failovers=failed,
+        )
+
+    def _record_failure(self, model: ModelSpec, exc: UpstreamError) -> None:
+        exc.provider_id = exc.provider_id or model.provider_id
+        exc.model_id = exc.model_id or model.id
+        self.health.record_failure(model.provider_id, exc)
+        self._metrics.upstream_error(model.provider_id, exc.error_class)
+
+    def _announce_failover(self, failed: ModelSpec, following: ModelSpec, error: UpstreamError) -> None:
+        self._metrics.failover(failed.id, error.error_class)
+        self._events.publish(
+            "failover",
+            {
+                "from_model": failed.id,
+                "to_model": following.id,
+                "error_class": error.error_class,
+                "error": error.message,
+            },
+        )
+
+    def _deadline(self, policy: Policy) -> float:
+        if policy.max_latency_ms is not None:
+            return min(self._limits.request, policy.max_latency_ms / 1000)
+        return self._limits.request
+
+    def _backoff(self, retry: int) -> float:
+        return self._limits.backoff_base * (2.0**retry) * self._rng.uniform(0.5, 1.5)
+
+
+def _estimate_input(request: ChatRequest) -> int:
+    tokens = sum(estimate_tokens(m.text()) + 4 for m in request.messages)
+    if request.tools:
+        tokens += estimate_tokens(orjson.dumps([t.model_dump() for t in request.tools]).decode())
+    return tokens
+
+
+def _tokens_of(completion: ChatCompletion, estimate: Estimate) -> TokenCount:
+    usage = completion.usage
+    if usage is not None and (usage.prompt_tokens or usage.completion_tokens):
+        return TokenCount(usage.prompt_tokens, usage.completion_tokens)
+    text = "".join(c.message.content or "" for c in completion.choices)
+    return TokenCount(estimate.input_tokens, estimate_tokens(text), estimated=True)
+
+
+async def _aclose(iterator: AsyncIterator[Chunk]) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()

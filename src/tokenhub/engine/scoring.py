@@ -1,0 +1,87 @@
+"""Which models may take a request, and in what order to try them.
+
+Score (lower is better) = wC·cost + wL·latency + wF·error_rate - wW·weight, each term normalised by its
+maximum over the candidates, with per-mode weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tokenhub.config import Mode
+from tokenhub.engine.errors import IneligibleReason
+from tokenhub.engine.health import HealthTracker
+from tokenhub.engine.registry import ModelSpec
+from tokenhub.engine.types import Policy
+
+# (cost, latency, failure, weight)
+MODE_WEIGHTS: dict[Mode, tuple[float, float, float, float]] = {
+    "cheap": (0.7, 0.1, 0.1, 0.1),
+    "normal": (0.25, 0.25, 0.25, 0.25),
+    "high_confidence": (0.05, 0.1, 0.15, 0.7),
+    "planning": (0.1, 0.1, 0.2, 0.6),
+    "adversarial": (0.1, 0.1, 0.2, 0.6),
+}
+# Estimates are ~4 characters a token; leave room for a tokenizer that counts more.
+CONTEXT_SAFETY = 1.1
+DEFAULT_OUTPUT_ESTIMATE = 512
+
+
+@dataclass(frozen=True)
+class Estimate:
+    input_tokens: int
+    output_limit: int | None
+
+    @property
+    def output_tokens(self) -> int:
+        return self.output_limit or DEFAULT_OUTPUT_ESTIMATE
+
+
+def ineligibility(
+    model: ModelSpec, policy: Policy, estimate: Estimate, health: HealthTracker
+) -> IneligibleReason | None:
+    """Why ``model`` may not take the request, or None when it may."""
+    if model.weight < policy.min_weight:
+        return "min_weight"
+    if int(estimate.input_tokens * CONTEXT_SAFETY) + (estimate.output_limit or 0) > model.max_context_tokens:
+        return "context_window"
+    if policy.max_budget_usd is not None and (
+        model.cost_usd(estimate.input_tokens, estimate.output_tokens) > policy.max_budget_usd
+    ):
+        return "budget"
+    if not health.is_available(model.provider_id):
+        return "unhealthy"
+    latency = health.snapshot(model.provider_id).ewma_latency_ms
+    if policy.max_latency_ms is not None and latency is not None and latency > policy.max_latency_ms:
+        return "latency"
+    return None
+
+
+def rank(
+    models: Sequence[ModelSpec], policy: Policy, estimate: Estimate, health: HealthTracker
+) -> list[ModelSpec]:
+    """Order eligible ``models`` best first (ties: heavier weight, then id)."""
+    if len(models) < 2:
+        return list(models)
+    w_cost, w_latency, w_failure, w_weight = MODE_WEIGHTS[policy.mode]
+    costs = [m.cost_usd(estimate.input_tokens, estimate.output_tokens) for m in models]
+    snapshots = [health.snapshot(m.provider_id) for m in models]
+    latencies = [s.ewma_latency_ms or 0.0 for s in snapshots]
+    failures = [s.error_rate for s in snapshots]
+    weights = [m.weight for m in models]
+    n_cost, n_lat, n_fail, n_weight = (_normalise(v) for v in (costs, latencies, failures, weights))
+    scored = sorted(
+        range(len(models)),
+        key=lambda i: (
+            w_cost * n_cost[i] + w_latency * n_lat[i] + w_failure * n_fail[i] - w_weight * n_weight[i],
+            -models[i].weight,
+            models[i].id,
+        ),
+    )
+    return [models[i] for i in scored]
+
+
+def _normalise(values: list[float]) -> list[float]:
+    top = max(values)
+    return [v / top for v in values] if top > 0 else [0.0] * len(values)

@@ -1,0 +1,189 @@
+"""The chat data model the engine speaks: OpenAI's chat-completions shapes, typed.
+
+Requests keep every field the client sent (unknown ones too) so an OpenAI-compatible upstream sees
+exactly what the client meant; the typed fields are the ones the engine reads or must validate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tokenhub.config import Mode
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class _Open(BaseModel):
+    """Strict about the fields we know, tolerant of the ones we don't (they pass through)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+
+class ContentPart(_Open):
+    type: str
+    text: str | None = None
+
+    @model_validator(mode="after")
+    def _text_part_has_text(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a text content part needs a 'text' string")
+        return self
+
+
+class FunctionCall(_Open):
+    name: str
+    arguments: str
+
+
+class ToolCall(_Open):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(_Open):
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    @model_validator(mode="after")
+    def _role_rules(self) -> Message:
+        if self.role in ("system", "developer", "user") and self.content is None:
+            raise ValueError(f"a {self.role} message needs 'content'")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs 'tool_call_id'")
+        return self
+
+    def text(self) -> str:
+        """The message's text, content parts joined; non-text parts contribute nothing."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text or "" for part in self.content)
+
+
+class FunctionDef(_Open):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class Tool(_Open):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class StreamOptions(_Open):
+    include_usage: bool | None = None
+
+
+class ResponseFormat(_Open):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class ChatRequest(_Open):
+    """A ``POST /v1/chat/completions`` body."""
+
+    model: str = ""
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=128)
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = None
+    user: str | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    @property
+    def output_limit(self) -> int | None:
+        """The client's cap on generated tokens, whichever field it used."""
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    def upstream_payload(self, upstream_model: str) -> dict[str, Any]:
+        """The body for an OpenAI-compatible upstream: what the client sent, with the upstream's model
+        name, and usage always requested on streams (we account for tokens either way)."""
+        payload = self.model_dump(exclude_unset=True)
+        payload["model"] = upstream_model
+        if self.stream:
+            options = payload.get("stream_options") or {}
+            payload["stream_options"] = {**options, "include_usage": True}
+        return payload
+
+
+class Usage(_Open):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class AssistantMessage(_Open):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class Choice(_Open):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: str | None = None
+
+
+class ChatCompletion(BaseModel):
+    """A ``chat.completion`` object; upstream fields we don't model are kept."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How to choose among models. ``None`` budgets mean unlimited."""
+
+    mode: Mode = "normal"
+    max_budget_usd: float | None = None
+    max_latency_ms: float | None = None
+    min_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Which model answered and why; ``attempts`` counts every upstream call made."""
+
+    model_id: str
+    provider_id: str
+    reason: str
+    attempts: int = 1
+    failovers: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    input_tokens: int
+    output_tokens: int
+    estimated: bool = False

@@ -1,0 +1,61 @@
+"""The OpenAI-compatible HTTP surface: ``/v1`` routes, health, metrics, and the error table."""
+
+from starlette.exceptions import HTTPException
+from starlette.routing import Route
+
+from tokenhub.config import Mode
+from tokenhub.engine import EngineError, HealthTracker, Registry
+from tokenhub.gateway.chat import ChatCompletionsEndpoint, Dispatcher, StreamHandle
+from tokenhub.gateway.errors import BodyTooLarge, ErrorReply, reply_for, status_of
+from tokenhub.gateway.middleware import RequestIdMiddleware
+from tokenhub.gateway.routes import (
+    HealthEndpoints,
+    ModelsEndpoints,
+    engine_error,
+    http_exception,
+    server_error,
+)
+from tokenhub.store import Store
+from tokenhub.telemetry import Metrics
+
+__all__ = [
+    "BodyTooLarge",
+    "Dispatcher",
+    "ErrorReply",
+    "RequestIdMiddleware",
+    "StreamHandle",
+    "exception_handlers",
+    "gateway_routes",
+    "reply_for",
+    "status_of",
+]
+
+
+def gateway_routes(
+    *,
+    dispatcher: Dispatcher,
+    registry: Registry,
+    health: HealthTracker,
+    store: Store,
+    metrics: Metrics,
+    default_mode: Mode,
+    max_body_bytes: int,
+) -> list[Route]:
+    chat = ChatCompletionsEndpoint(dispatcher, default_mode=default_mode, max_body_bytes=max_body_bytes)
+    models = ModelsEndpoints(registry)
+    probes = HealthEndpoints(registry, health, store, metrics)
+    return [
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/models", models.list, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", models.retrieve, methods=["GET"]),
+        Route("/healthz", probes.healthz, methods=["GET"]),
+        Route("/readyz", probes.readyz, methods=["GET"]),
+        Route("/metrics", probes.metrics, methods=["GET"]),
+    ]
+
+
+exception_handlers = {
+    HTTPException: http_exception,
+    EngineError: engine_error,
+    Exception: server_error,
+}

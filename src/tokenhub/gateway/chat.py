@@ -1,0 +1,196 @@
+"""``POST /v1/chat/completions`` as a plain ASGI app: the hot path, so no per-request framework objects.
+
+A client that disconnects cancels the work at once — while we wait for the upstream, and mid-stream — and
+the upstream connection is closed with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable
+from typing import Protocol, TypeVar
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from tokenhub.config import Mode
+from tokenhub.engine import ChatRequest, Decision, EngineError, Policy, Routed, UpstreamError
+from tokenhub.engine.providers.base import Chunk
+from tokenhub.gateway.errors import BodyTooLarge, reply_for
+from tokenhub.gateway.middleware import request_id_of
+from tokenhub.gateway.parsing import parse_chat_request
+from tokenhub.temporal_integration import CallContext
+
+T = TypeVar("T")
+_DONE = b"data: [DONE]\n\n"
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+
+class StreamHandle(Protocol):
+    decision: Decision
+    deadline: float
+
+    def __aiter__(self) -> AsyncIterator[Chunk]: ...
+
+    async def aclose(self, *, client_gone: bool = False, error: UpstreamError | None = None) -> None: ...
+
+
+class Dispatcher(Protocol):
+    async def chat(self, request: ChatRequest, policy: Policy, ctx: CallContext) -> Routed: ...
+
+    async def open_stream(self, request: ChatRequest, policy: Policy, ctx: CallContext) -> StreamHandle: ...
+
+
+class ClientGone(Exception):
+    """The client disconnected before we answered."""
+
+
+class ChatCompletionsEndpoint:
+    def __init__(self, dispatcher: Dispatcher, *, default_mode: Mode, max_body_bytes: int) -> None:
+        self._dispatcher = dispatcher
+        self._default_mode = default_mode
+        self._max_body = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = CallContext(request_id=request_id_of(scope))
+        try:
+            request = parse_chat_request(await _read_body(scope, receive, self._max_body))
+            policy = Policy(mode=self._default_mode)
+            if request.stream:
+                stream = await _unless_disconnected(
+                    receive, self._dispatcher.open_stream(request, policy, ctx)
+                )
+                await _send_stream(stream, receive, send)
+            else:
+                routed = await _unless_disconnected(receive, self._dispatcher.chat(request, policy, ctx))
+                await _send_completion(routed, send)
+        except EngineError as exc:
+            await send_error(send, exc)
+        except ClientGone:
+            return
+
+
+async def send_error(send: Send, exc: BaseException) -> None:
+    reply = reply_for(exc)
+    await send({"type": "http.response.start", "status": reply.status, "headers": reply.header_list()})
+    await send({"type": "http.response.body", "body": reply.body_bytes()})
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise BodyTooLarge(limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        body = message.get("body", b"")
+        size += len(body)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(body)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """Run ``work`` unless the client leaves first, in which case cancel it and raise ``ClientGone``."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise ClientGone
+    return task.result()
+
+
+def _routing_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-tokenhub-model", decision.model_id.encode()),
+        (b"x-tokenhub-provider", decision.provider_id.encode()),
+        (b"x-tokenhub-reason", decision.reason.encode()),
+    ]
+
+
+async def _send_completion(routed: Routed, send: Send) -> None:
+    body = routed.completion.model_dump(mode="json", exclude_unset=True)
+    body["object"] = "chat.completion"
+    body["model"] = routed.completion.model
+    payload = orjson.dumps(body)
+    headers = [(b"content-type", b"application/json"), *_routing_headers(routed.decision)]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _send_stream(stream: StreamHandle, receive: Receive, send: Send) -> None:
+    """Send the stream as SSE. A failure after the first byte becomes one ``data: {"error": …}`` event
+    (no ``event:`` line, which the openai SDK would not read) and no ``[DONE]``."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [*_SSE_HEADERS, *_routing_headers(stream.decision)],
+        }
+    )
+
+    async def pump() -> UpstreamError | None:
+        failure: UpstreamError | None = None
+        try:
+            async with asyncio.timeout(max(0.0, stream.deadline - time.monotonic())):
+                async for chunk in stream:
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
+                            "more_body": True,
+                        }
+                    )
+        except UpstreamError as exc:
+            failure = exc
+        except TimeoutError:
+            failure = UpstreamError(
+                "timeout",
+                "the stream exceeded the request time limit",
+                provider_id=stream.decision.provider_id,
+                model_id=stream.decision.model_id,
+            )
+        if failure is None:
+            await send({"type": "http.response.body", "body": _DONE})
+        else:
+            event = b"data: " + reply_for(failure).body_bytes() + b"\n\n"
+            await send({"type": "http.response.body", "body": event})
+        return failure
+
+    pumping = asyncio.ensure_future(pump())
+    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+    try:
+        await asyncio.wait((pumping, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not pumping.done():
+            pumping.cancel()
+            await asyncio.wait((pumping,))
+        # A send that fails (OSError) means the client went away too.
+        client_gone = pumping.cancelled() or isinstance(pumping.exception(), OSError)
+        failure = None if client_gone or pumping.exception() else pumping.result()
+        await stream.aclose(client_gone=client_gone, error=failure)
+    if not client_gone and (bug := pumping.exception()) is not None:
+        raise bug

@@ -1,0 +1,40 @@
+"""Rows as they cross into and out of the store."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RequestLog:
+    """One request that reached the engine, however it ended.
+
+    ``status`` is what the client was told: 200, an error status, or 499 when the client went away.
+    A stream that broke after its first byte keeps the status its error maps to (it was not a success).
+    """
+
+    id: str
+    request_id: str
+    created_at: datetime
+    model: str
+    provider: str
+    mode: str
+    path: str
+    stream: bool
+    status: int
+    reason: str
+    attempts: int
+    input_tokens: int
+    output_tokens: int
+    tokens_estimated: bool
+    cost_usd: float
+    latency_ms: float
+    ttft_ms: float | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    api_key_id: str | None = None
+
+    def as_row(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,70 @@
+"""The SQL store: SQLite by default, PostgreSQL for many replicas (SQLAlchemy Core, async drivers)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import event, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from tokenhub.store.models import RequestLog
+from tokenhub.store.schema import metadata, request_logs
+
+
+class Store(Protocol):
+    async def write_request_logs(self, rows: Sequence[RequestLog]) -> None: ...
+
+    async def ping(self) -> None: ...
+
+
+class SQLStore:
+    def __init__(self, url: str) -> None:
+        """``url`` is an async SQLAlchemy URL (``sqlite+aiosqlite://…`` or ``postgresql+asyncpg://…``)."""
+        self.url = make_url(url)
+        self._is_sqlite = self.url.get_backend_name() == "sqlite"
+        options: dict[str, Any] = {"pool_pre_ping": not self._is_sqlite}
+        self._engine: AsyncEngine = create_async_engine(url, **options)
+        if self._is_sqlite:
+            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
+
+    async def start(self) -> None:
+        """Create the database file's folder and the tables (versioned migrations arrive with issue 6)."""
+        if self._is_sqlite and self.url.database and self.url.database != ":memory:":
+            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+        async with self._engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+
+    async def aclose(self) -> None:
+        await self._engine.dispose()
+
+    async def ping(self) -> None:
+        async with self._engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def write_request_logs(self, rows: Sequence[RequestLog]) -> None:
+        """Insert rows; a row whose id is already stored is skipped (writes are idempotent)."""
+        if not rows:
+            return
+        dialect = sqlite if self._is_sqlite else postgresql
+        statement = dialect.insert(request_logs).on_conflict_do_nothing(index_elements=["id"])
+        async with self._engine.begin() as conn:
+            await conn.execute(statement, [row.as_row() for row in rows])
+
+    async def request_logs(self, limit: int = 100) -> list[RequestLog]:
+        """The newest ``limit`` rows, newest first."""
+        query = select(request_logs).order_by(request_logs.c.created_at.desc()).limit(limit)
+        async with self._engine.connect() as conn:
+            result = await conn.execute(query)
+            return [RequestLog(**row._mapping) for row in result]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()

@@ -1,0 +1,72 @@
+"""Request logs are written in batches off the request path.
+
+A request only enqueues its row; a background task writes whatever has gathered every flush interval.
+Shutdown flushes everything; a crash loses at most the rows of the last interval. A failing database
+delays rows (they are retried), it does not drop them, and a full queue makes callers wait rather
+than lose rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from tokenhub.store.models import RequestLog
+from tokenhub.store.sql import Store
+
+log = structlog.get_logger(__name__)
+
+
+class RequestLogWriter:
+    def __init__(
+        self, store: Store, *, flush_interval_s: float, max_batch: int = 500, max_queue: int = 100_000
+    ) -> None:
+        self._store = store
+        self._interval = flush_interval_s
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[RequestLog] = asyncio.Queue(max_queue)
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        # A batch whose write failed; it is written again before anything newer.
+        self._pending: list[RequestLog] = []
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="request-log-writer")
+
+    async def write(self, row: RequestLog) -> None:
+        await self._queue.put(row)
+
+    async def flush(self) -> None:
+        """Write everything queued so far, now."""
+        async with self._lock:
+            while self._pending or not self._queue.empty():
+                if not self._pending:
+                    count = min(self._max_batch, self._queue.qsize())
+                    self._pending = [self._queue.get_nowait() for _ in range(count)]
+                await self._store.write_request_logs(self._pending)
+                self._pending = []
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        try:
+            await self.flush()
+        except Exception:
+            log.exception("request_logs_lost_at_shutdown", rows=self._queue.qsize() + len(self._pending))
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            await asyncio.sleep(self._interval if failures == 0 else min(30.0, self._interval * 2**failures))
+            try:
+                await self.flush()
+                failures = 0
+            except Exception:
+                failures += 1
+                log.exception("request_log_write_failed", queued=self._queue.qsize(), attempt=failures)

@@ -1,0 +1,97 @@
+"""Prometheus metrics, in a registry of their own (one per app, so tests and replicas never share one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000)
+HEALTH_VALUES = {"healthy": 0, "degraded": 1, "down": 2}
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "tokenhub_requests_total",
+            "Requests that reached the engine, by outcome.",
+            ["model", "provider", "mode", "status", "path"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "tokenhub_request_latency_ms",
+            "Request latency (ms), engine in to result out.",
+            ["model", "stream"],
+            buckets=LATENCY_BUCKETS_MS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "tokenhub_time_to_first_token_ms",
+            "Streaming time to first token (ms).",
+            ["model"],
+            buckets=LATENCY_BUCKETS_MS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "tokenhub_tokens_total", "Tokens accounted, by model and kind.", ["model", "kind"], registry=r
+        )
+        self.cost = Counter("tokenhub_cost_usd_total", "Spend in USD, by model.", ["model"], registry=r)
+        self.upstream_errors = Counter(
+            "tokenhub_upstream_errors_total",
+            "Failed upstream calls, by class.",
+            ["provider", "error_class"],
+            registry=r,
+        )
+        self.failovers = Counter(
+            "tokenhub_failovers_total",
+            "Moves to another model after a failure.",
+            ["from_model", "error_class"],
+            registry=r,
+        )
+        self.provider_health = Gauge(
+            "tokenhub_provider_health_state",
+            "Provider health: 0 healthy, 1 degraded, 2 down.",
+            ["provider"],
+            registry=r,
+        )
+
+    def request_done(
+        self,
+        *,
+        model: str,
+        provider: str,
+        mode: str,
+        status: int,
+        path: str,
+        stream: bool,
+        latency_ms: float,
+        ttft_ms: float | None,
+        input_tokens: int,
+        output_tokens: int,
+        cost_usd: float,
+    ) -> None:
+        self.requests.labels(model, provider, mode, str(status), path).inc()
+        self.latency.labels(model, "true" if stream else "false").observe(latency_ms)
+        if ttft_ms is not None:
+            self.ttft.labels(model).observe(ttft_ms)
+        if input_tokens:
+            self.tokens.labels(model, "input").inc(input_tokens)
+        if output_tokens:
+            self.tokens.labels(model, "output").inc(output_tokens)
+        if cost_usd:
+            self.cost.labels(model).inc(cost_usd)
+
+    def upstream_error(self, provider: str, error_class: str) -> None:
+        self.upstream_errors.labels(provider, error_class).inc()
+
+    def failover(self, from_model: str, error_class: str) -> None:
+        self.failovers.labels(from_model, error_class).inc()
+
+    def health_state(self, provider: str, state: str) -> None:
+        self.provider_health.labels(provider).set(HEALTH_VALUES[state])
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
