@@ -1,0 +1,90 @@
+"""Shared fixtures: real fake upstreams on loopback and real gateways built by ``app.py``."""
+
+from __future__ import annotations
+
+import sqlite3
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tokenhub.app import Components, build_app
+from tokenhub.config import Settings, load_catalog
+from tokenhub.telemetry import configure_logging
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.server import ServerThread
+
+configure_logging("warning", "console")
+
+
+@dataclass
+class Gateway:
+    url: str
+    db_path: Path
+    components: Components
+    server: ServerThread
+
+    @property
+    def v1(self) -> str:
+        return f"{self.url}/v1"
+
+    def stop(self) -> None:
+        """Stop the server (its shutdown flushes every queued request log)."""
+        self.server.stop()
+
+    def request_logs(self) -> list[dict[str, Any]]:
+        """Rows from the real SQLite file, oldest first. Call ``stop()`` first to see every row."""
+        with sqlite3.connect(self.db_path) as conn:
+            conn.row_factory = sqlite3.Row
+            rows = conn.execute("SELECT * FROM request_logs ORDER BY created_at").fetchall()
+        return [dict(row) for row in rows]
+
+
+@pytest.fixture
+def make_fake_openai() -> Iterator[Any]:
+    """``make_fake_openai() -> (fake, base_url)``: fake OpenAI-compatible upstreams on loopback HTTP."""
+    servers: list[ServerThread] = []
+
+    def make() -> tuple[FakeOpenAI, str]:
+        fake = FakeOpenAI()
+        server = ServerThread(fake, lifespan="off").start()
+        servers.append(server)
+        return fake, server.url
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def fake_openai(make_fake_openai: Any) -> tuple[FakeOpenAI, str]:
+    """One fake OpenAI-compatible upstream; (fake, base_url)."""
+    result: tuple[FakeOpenAI, str] = make_fake_openai()
+    return result
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[Any]:
+    """``start_gateway(yaml_text, **settings) -> Gateway``: the real app, served on loopback."""
+    started: list[Gateway] = []
+
+    def start(catalog_yaml: str, **settings: Any) -> Gateway:
+        index = len(started)
+        config = tmp_path / f"catalog-{index}.yaml"
+        config.write_text(textwrap.dedent(catalog_yaml))
+        db_path = tmp_path / f"gateway-{index}.db"
+        options: dict[str, Any] = {"db_url": f"sqlite:///{db_path}", "log_flush_interval_ms": 20,
+                                   "provider_timeout_secs": 5.0, "request_timeout_secs": 20.0}
+        options.update(settings)
+        app = build_app(Settings(**options), load_catalog(config))
+        server = ServerThread(app).start()
+        gateway = Gateway(url=server.url, db_path=db_path, components=app.state.components, server=server)
+        started.append(gateway)
+        return gateway
+
+    yield start
+    for gateway in started:
+        gateway.stop()
