@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.server import ServerThread
 from tokenhub.app import Components, build_app
 from tokenhub.config import Settings, load_catalog
 from tokenhub.telemetry import configure_logging
-from tests.fakes.openai_upstream import FakeOpenAI
-from tests.fakes.server import ServerThread
 
 configure_logging("warning", "console")
 
@@ -76,8 +76,12 @@ def start_gateway(tmp_path: Path) -> Iterator[Any]:
         config = tmp_path / f"catalog-{index}.yaml"
         config.write_text(textwrap.dedent(catalog_yaml))
         db_path = tmp_path / f"gateway-{index}.db"
-        options: dict[str, Any] = {"db_url": f"sqlite:///{db_path}", "log_flush_interval_ms": 20,
-                                   "provider_timeout_secs": 5.0, "request_timeout_secs": 20.0}
+        options: dict[str, Any] = {
+            "db_url": f"sqlite:///{db_path}",
+            "log_flush_interval_ms": 20,
+            "provider_timeout_secs": 5.0,
+            "request_timeout_secs": 20.0,
+        }
         options.update(settings)
         app = build_app(Settings(**options), load_catalog(config))
         server = ServerThread(app).start()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from typing import Any
 
 import httpx
@@ -19,8 +18,10 @@ providers:
   - {{id: prov-a, type: openai, base_url: "{a}"}}
   - {{id: prov-b, type: openai, base_url: "{b}"}}
 models:
-  - {{id: primary, provider_id: prov-a, weight: 9, max_context_tokens: 8000, input_per_1k: 0.001, output_per_1k: 0.001}}
-  - {{id: backup, provider_id: prov-b, weight: 5, max_context_tokens: 64000, input_per_1k: 0.01, output_per_1k: 0.01}}
+  - {{id: primary, provider_id: prov-a, weight: 9, max_context_tokens: 8000,
+      input_per_1k: 0.001, output_per_1k: 0.001}}
+  - {{id: backup, provider_id: prov-b, weight: 5, max_context_tokens: 64000,
+      input_per_1k: 0.01, output_per_1k: 0.01}}
 """
 MESSAGES: list[Any] = [{"role": "user", "content": "hi"}]
 
@@ -73,9 +74,16 @@ def test_named_model_is_tried_first(pair: Any) -> None:
 
 def test_every_candidate_rate_limited_is_429_with_the_shortest_retry_after(pair: Any) -> None:
     fake_a, fake_b, gateway = pair
-    fake_a.push(Reply(status=429, body=error_body("a busy", type_="rate_limit_error"), headers={"retry-after": "7"}))
-    fake_b.push(Reply(status=429, body=error_body("b busy", type_="rate_limit_error"),
-                      headers={"retry-after-ms": "2500"}))
+    fake_a.push(
+        Reply(status=429, body=error_body("a busy", type_="rate_limit_error"), headers={"retry-after": "7"})
+    )
+    fake_b.push(
+        Reply(
+            status=429,
+            body=error_body("b busy", type_="rate_limit_error"),
+            headers={"retry-after-ms": "2500"},
+        )
+    )
     with pytest.raises(openai.RateLimitError) as caught:
         client_for(gateway).chat.completions.create(model="auto", messages=MESSAGES)
     assert caught.value.response.headers["retry-after"] == "3"
@@ -85,7 +93,7 @@ def test_every_candidate_rate_limited_is_429_with_the_shortest_retry_after(pair:
 
 
 def test_rate_limited_provider_is_skipped_until_its_retry_after(pair: Any) -> None:
-    fake_a, fake_b, gateway = pair
+    fake_a, _, gateway = pair
     fake_a.push(Reply(status=429, body=error_body("busy"), headers={"retry-after": "30"}))
     client = client_for(gateway)
     assert client.chat.completions.create(model="auto", messages=MESSAGES).model == "backup"
@@ -94,10 +102,17 @@ def test_rate_limited_provider_is_skipped_until_its_retry_after(pair: Any) -> No
 
 
 def test_context_overflow_escalates_to_a_larger_context_model(pair: Any) -> None:
-    fake_a, fake_b, gateway = pair
-    fake_a.push(Reply(status=400, body=error_body(
-        "This model's maximum context length is 8000 tokens.", type_="invalid_request_error",
-        code="context_length_exceeded")))
+    fake_a, _, gateway = pair
+    fake_a.push(
+        Reply(
+            status=400,
+            body=error_body(
+                "This model's maximum context length is 8000 tokens.",
+                type_="invalid_request_error",
+                code="context_length_exceeded",
+            ),
+        )
+    )
     raw = client_for(gateway).chat.completions.with_raw_response.create(model="primary", messages=MESSAGES)
     assert raw.parse().model == "backup"
     assert raw.headers["x-tokenhub-reason"] == "escalated-context-overflow"
@@ -106,7 +121,11 @@ def test_context_overflow_escalates_to_a_larger_context_model(pair: Any) -> None
 def test_request_every_upstream_rejects_is_the_clients_400(pair: Any) -> None:
     fake_a, fake_b, gateway = pair
     for fake in (fake_a, fake_b):
-        fake.push(Reply(status=400, body=error_body("Invalid 'tools[0].function.name'", type_="invalid_request_error")))
+        fake.push(
+            Reply(
+                status=400, body=error_body("Invalid 'tools[0].function.name'", type_="invalid_request_error")
+            )
+        )
     with pytest.raises(openai.BadRequestError) as caught:
         client_for(gateway).chat.completions.create(model="auto", messages=MESSAGES)
     assert "Invalid 'tools[0].function.name'" in caught.value.message
@@ -130,7 +149,7 @@ def test_stream_fails_over_before_the_first_byte(pair: Any) -> None:
 
 def test_slow_first_token_fails_over(make_fake_openai: Any, start_gateway: Any) -> None:
     fake_a, url_a = make_fake_openai()
-    fake_b, url_b = make_fake_openai()
+    _, url_b = make_fake_openai()
     gateway = start_gateway(CATALOG.format(a=url_a, b=url_b), provider_timeout_secs=0.4)
     fake_a.push(Reply(chunks=text_chunks(["late"]), ttft=3.0))
     chunks = list(client_for(gateway).chat.completions.create(model="auto", messages=MESSAGES, stream=True))
@@ -143,9 +162,13 @@ def test_stream_dropped_mid_way_ends_with_an_error_event_and_is_logged_once(pair
     fake_a.push(Reply(chunks=text_chunks(["one", "two", "three", "four"]), drop_after=3))
     stream = client_for(gateway).chat.completions.create(model="primary", messages=MESSAGES, stream=True)
     received: list[str] = []
-    with pytest.raises(openai.APIError) as caught:
+
+    def read_all() -> None:
         for chunk in stream:
             received.append(chunk.choices[0].delta.content or "")
+
+    with pytest.raises(openai.APIError) as caught:
+        read_all()
     assert "".join(received) == "onetwo"
     assert "closed the connection" in caught.value.message
     gateway.stop()
@@ -156,8 +179,12 @@ def test_stream_dropped_mid_way_ends_with_an_error_event_and_is_logged_once(pair
 def test_mid_stream_error_event_has_no_event_line(pair: Any) -> None:
     fake_a, _, gateway = pair
     fake_a.push(Reply(chunks=text_chunks(["one", "two"]), drop_after=2))
-    with httpx.stream("POST", f"{gateway.v1}/chat/completions", timeout=10,
-                      json={"model": "primary", "messages": MESSAGES, "stream": True}) as response:
+    with httpx.stream(
+        "POST",
+        f"{gateway.v1}/chat/completions",
+        timeout=10,
+        json={"model": "primary", "messages": MESSAGES, "stream": True},
+    ) as response:
         body = response.read().decode()
     events = [e for e in body.split("\n\n") if e]
     assert events[-1].startswith('data: {"error":{"message":')
@@ -167,10 +194,14 @@ def test_mid_stream_error_event_has_no_event_line(pair: Any) -> None:
 async def test_client_disconnect_mid_stream_closes_the_upstream(pair: Any) -> None:
     fake_a, _, gateway = pair
     fake_a.push(Reply(chunks=text_chunks([f"w{i}" for i in range(200)]), chunk_delay=0.05))
-    async with httpx.AsyncClient(timeout=10) as client, client.stream(
-        "POST", f"{gateway.v1}/chat/completions",
-        json={"model": "primary", "messages": MESSAGES, "stream": True},
-    ) as response:
+    async with (
+        httpx.AsyncClient(timeout=10) as client,
+        client.stream(
+            "POST",
+            f"{gateway.v1}/chat/completions",
+            json={"model": "primary", "messages": MESSAGES, "stream": True},
+        ) as response,
+    ):
         async for line in response.aiter_lines():
             if "w2" in line:
                 break
@@ -183,12 +214,12 @@ async def test_client_disconnect_mid_stream_closes_the_upstream(pair: Any) -> No
 async def test_client_disconnect_while_waiting_cancels_the_upstream_call(pair: Any) -> None:
     fake_a, _, gateway = pair
     fake_a.push(Reply(delay=10.0))
-    started = time.monotonic()
     async with httpx.AsyncClient(timeout=0.5) as client:
         with pytest.raises(httpx.ReadTimeout):
-            await client.post(f"{gateway.v1}/chat/completions", json={"model": "primary", "messages": MESSAGES})
+            await client.post(
+                f"{gateway.v1}/chat/completions", json={"model": "primary", "messages": MESSAGES}
+            )
     assert await asyncio.to_thread(fake_a.client_disconnected.wait, 5), "upstream call was not cancelled"
-    assert time.monotonic() - started < 9
     gateway.stop()
     (row,) = gateway.request_logs()
     assert row["status"] == 499 and row["stream"] == 0

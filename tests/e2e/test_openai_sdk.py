@@ -39,7 +39,9 @@ def setup(fake_openai: tuple[FakeOpenAI, str], start_gateway: Any) -> tuple[Fake
 
 def test_non_stream_completion(setup: Any) -> None:
     fake, gateway, client = setup
-    raw = client.chat.completions.with_raw_response.create(model="gpt-test", messages=MESSAGES, temperature=0.2)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-test", messages=MESSAGES, temperature=0.2
+    )
     result = raw.parse()
     assert result.choices[0].message.content == "echo: hello there"
     assert result.model == "gpt-test"
@@ -84,9 +86,11 @@ def test_stream_without_usage(setup: Any) -> None:
 def test_stream_with_include_usage(setup: Any) -> None:
     fake, gateway, client = setup
     fake.push(Reply(chunks=text_chunks(["a", "b"])))
-    chunks = list(client.chat.completions.create(
-        model="gpt-test", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            model="gpt-test", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+    )
     final = chunks[-1]
     assert final.choices == [] and final.usage is not None
     assert final.usage.completion_tokens == 2 and final.usage.prompt_tokens == 9
@@ -101,8 +105,12 @@ def test_stream_wire_format_is_exactly_openai(setup: Any) -> None:
     """Byte-level: `data: <json>` events separated by blank lines, ending in `data: [DONE]`."""
     fake, gateway, _ = setup
     fake.push(Reply(chunks=text_chunks(["x"])))
-    with httpx.stream("POST", f"{gateway.v1}/chat/completions", timeout=10,
-                      json={"model": "gpt-test", "messages": MESSAGES, "stream": True}) as response:
+    with httpx.stream(
+        "POST",
+        f"{gateway.v1}/chat/completions",
+        timeout=10,
+        json={"model": "gpt-test", "messages": MESSAGES, "stream": True},
+    ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         body = response.read().decode()
@@ -114,18 +122,32 @@ def test_stream_wire_format_is_exactly_openai(setup: Any) -> None:
 
 def test_tool_call_round_trip(setup: Any) -> None:
     fake, _, client = setup
-    call = {"id": "call_abc", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
+    call = {
+        "id": "call_abc",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'},
+    }
     fake.push(Reply(body=completion(tool_calls=[call], finish_reason="tool_calls")))
-    tools: list[Any] = [{"type": "function", "function": {
-        "name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    tools: list[Any] = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ]
     first = client.chat.completions.create(model="gpt-test", messages=MESSAGES, tools=tools)
-    tool_call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+    tool_call = first.choices[0].message.tool_calls[0]
     assert first.choices[0].finish_reason == "tool_calls"
-    assert tool_call.id == "call_abc" and json.loads(tool_call.function.arguments) == {"city": "Oslo"}  # type: ignore[union-attr]
+    assert tool_call.id == "call_abc" and json.loads(tool_call.function.arguments) == {"city": "Oslo"}
 
     fake.push(Reply(body=completion("It is sunny in Oslo.")))
-    follow_up: list[Any] = [*MESSAGES, first.choices[0].message.model_dump(exclude_none=True),
-                            {"role": "tool", "tool_call_id": "call_abc", "content": '{"sky":"clear"}'}]
+    follow_up: list[Any] = [
+        *MESSAGES,
+        first.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": "call_abc", "content": '{"sky":"clear"}'},
+    ]
     second = client.chat.completions.create(model="gpt-test", messages=follow_up, tools=tools)
     assert second.choices[0].message.content == "It is sunny in Oslo."
     sent = fake.requests[1]["messages"]
@@ -140,24 +162,37 @@ def test_streamed_tool_call_deltas_are_canonical(setup: Any) -> None:
     base = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "fake-model"}
 
     def frag(args: str) -> dict[str, Any]:
-        call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": args}}
+        call = {
+            "index": 0,
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "lookup", "arguments": args},
+        }
         return {**base, "choices": [{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}]}
 
-    fake.push(Reply(chunks=[frag('{"q":'), frag('"tea"'), frag("}"),
-                            {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}]))
+    fake.push(
+        Reply(
+            chunks=[
+                frag('{"q":'),
+                frag('"tea"'),
+                frag("}"),
+                {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
+            ]
+        )
+    )
     chunks = list(client.chat.completions.create(model="gpt-test", messages=MESSAGES, stream=True))
     deltas = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
     assert [d.index for d in deltas] == [0, 0, 0]
-    assert deltas[0].id == "call_1" and deltas[0].function.name == "lookup"  # type: ignore[union-attr]
-    assert all(d.id is None and d.function.name is None for d in deltas[1:])  # type: ignore[union-attr]
-    assert "".join(d.function.arguments or "" for d in deltas) == '{"q":"tea"}'  # type: ignore[union-attr]
+    assert deltas[0].id == "call_1" and deltas[0].function.name == "lookup"
+    assert all(d.id is None and d.function.name is None for d in deltas[1:])
+    assert "".join(d.function.arguments or "" for d in deltas) == '{"q":"tea"}'
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
 def test_bad_request_is_400_naming_the_field(setup: Any) -> None:
     _, gateway, client = setup
     with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": 5}])  # type: ignore[list-item]
+        client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": 5}])
     assert caught.value.status_code == 400
     body: Any = caught.value.body
     assert body["param"] == "messages[0].content" and body["type"] == "invalid_request_error"
@@ -192,7 +227,11 @@ def test_body_too_large_is_413(fake_openai: tuple[FakeOpenAI, str], start_gatewa
 
 def test_rate_limited_upstream_is_429_with_retry_after(setup: Any) -> None:
     fake, _, client = setup
-    fake.push(Reply(status=429, body=error_body("slow down", type_="rate_limit_error"), headers={"retry-after": "7"}))
+    fake.push(
+        Reply(
+            status=429, body=error_body("slow down", type_="rate_limit_error"), headers={"retry-after": "7"}
+        )
+    )
     with pytest.raises(openai.RateLimitError) as caught:
         client.chat.completions.create(model="gpt-test", messages=MESSAGES)
     assert caught.value.response.headers["retry-after"] == "7"

@@ -31,32 +31,61 @@ class Reply:
     done: bool = True  # streams: end with data: [DONE]
 
 
-def completion(content: str = "Hello from the fake upstream.", *, model: str = "fake-model",
-               tool_calls: list[dict[str, Any]] | None = None, finish_reason: str = "stop",
-               usage: dict[str, int] | None = None) -> dict[str, Any]:
+def completion(
+    content: str = "Hello from the fake upstream.",
+    *,
+    model: str = "fake-model",
+    tool_calls: list[dict[str, Any]] | None = None,
+    finish_reason: str = "stop",
+    usage: dict[str, int] | None = None,
+) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content if tool_calls is None else None}
     if tool_calls is not None:
         message["tool_calls"] = tool_calls
     return {
-        "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
         "system_fingerprint": "fp_fake",
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
         "usage": usage or {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
     }
 
 
-def text_chunks(words: list[str], *, model: str = "fake-model", usage: bool = True,
-                finish_reason: str = "stop") -> list[Any]:
+def text_chunks(
+    words: list[str], *, model: str = "fake-model", usage: bool = True, finish_reason: str = "stop"
+) -> list[Any]:
     """What OpenAI streams for ``words``: a role chunk, content chunks, a finish chunk, a usage chunk."""
-    base = {"id": "chatcmpl-fakestream", "object": "chat.completion.chunk", "created": 1_700_000_000,
-            "model": model, "system_fingerprint": "fp_fake"}
-    chunks: list[Any] = [{**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                               "finish_reason": None}]}]
-    chunks += [{**base, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]} for w in words]
+    base = {
+        "id": "chatcmpl-fakestream",
+        "object": "chat.completion.chunk",
+        "created": 1_700_000_000,
+        "model": model,
+        "system_fingerprint": "fp_fake",
+    }
+    chunks: list[Any] = [
+        {
+            **base,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        }
+    ]
+    chunks += [
+        {**base, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]} for w in words
+    ]
     chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish_reason}]})
     if usage:
-        chunks.append({**base, "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": len(words),
-                                                        "total_tokens": 9 + len(words)}})
+        chunks.append(
+            {
+                **base,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": 9,
+                    "completion_tokens": len(words),
+                    "total_tokens": 9 + len(words),
+                },
+            }
+        )
     return chunks
 
 
@@ -122,7 +151,10 @@ class FakeOpenAI:
         return True
 
     async def _stream(self, reply: Reply, chunks: list[Any], receive: Receive, send: Send) -> None:
-        headers = [(b"content-type", b"text/event-stream"), *((k.encode(), v.encode()) for k, v in reply.headers.items())]
+        headers = [
+            (b"content-type", b"text/event-stream"),
+            *((k.encode(), v.encode()) for k, v in reply.headers.items()),
+        ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
 
         async def watch() -> None:
@@ -161,7 +193,10 @@ def _echo(request: dict[str, Any]) -> str:
 
 async def _send_json(send: Send, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
     payload = orjson.dumps(body)
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
-           *((k.encode(), v.encode()) for k, v in (headers or {}).items())]
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        *((k.encode(), v.encode()) for k, v in (headers or {}).items()),
+    ]
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": payload})

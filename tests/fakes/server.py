@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from typing import Literal
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -20,17 +21,28 @@ STOP_TIMEOUT_S = 15.0
 
 
 class ServerThread:
-    def __init__(self, app: ASGIApp, *, lifespan: str = "on") -> None:
+    def __init__(self, app: ASGIApp, *, lifespan: Literal["on", "off"] = "on") -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self.port: int = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, lifespan=lifespan, log_level="critical", access_log=False,
-                                loop="uvloop", http="httptools", timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            app,
+            lifespan=lifespan,
+            log_level="critical",
+            access_log=False,
+            loop="uvloop",
+            http="httptools",
+            timeout_graceful_shutdown=5,
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        daemon=True, name=f"uvicorn-{self.port}")
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self._sock]},
+            daemon=True,
+            name=f"uvicorn-{self.port}",
+        )
 
     def start(self) -> ServerThread:
         self._thread.start()
@@ -54,7 +66,7 @@ class ServerThread:
 
 
 @contextlib.contextmanager
-def serve(app: ASGIApp, *, lifespan: str = "on") -> Iterator[ServerThread]:
+def serve(app: ASGIApp, *, lifespan: Literal["on", "off"] = "on") -> Iterator[ServerThread]:
     server = ServerThread(app, lifespan=lifespan).start()
     try:
         yield server

@@ -1,0 +1,112 @@
+"""``tokenhub serve`` as a user runs it: a real process, stopped by its PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "examples" / "demo.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_tokenhub(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start ``python -m tokenhub``; output goes to ``cwd/tokenhub.log`` (a full pipe would block it)."""
+    with (cwd / "tokenhub.log").open("w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tokenhub", *args],
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdout=log,
+            stderr=log,
+            text=True,
+        )
+
+
+def finish(process: subprocess.Popen[str], cwd: Path) -> tuple[int, str]:
+    """Wait (bounded) for the process to exit; its exit code and output."""
+    code = process.wait(30)
+    return code, (cwd / "tokenhub.log").read_text()
+
+
+@pytest.fixture
+def served_demo(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    process = run_tokenhub("serve", "--port", str(port), "--config", str(DEMO), cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tokenhub did not start: {(tmp_path / 'tokenhub.log').read_text()}")
+            time.sleep(0.1)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def test_serve_answers_with_the_demo_catalogue_and_stops_cleanly(
+    served_demo: tuple[str, subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    url, process = served_demo
+    response = httpx.post(
+        f"{url}/v1/chat/completions",
+        timeout=20,
+        json={"model": "demo-mini", "messages": [{"role": "user", "content": "hello"}]},
+    )
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"]
+    assert httpx.get(f"{url}/readyz", timeout=5).json()["status"] == "ready"
+    process.send_signal(signal.SIGTERM)
+    code, logs = finish(process, tmp_path)
+    # uvicorn shuts down gracefully, then re-raises the signal so a supervisor sees why it stopped.
+    assert code in (0, -signal.SIGTERM)
+    assert "tokenhub_stopped" in logs
+    # The default store is a SQLite file under ./data/ of the working directory.
+    with sqlite3.connect(tmp_path / "data" / "tokenhub.db") as conn:
+        assert conn.execute("SELECT model, status FROM request_logs").fetchall() == [("demo-mini", 200)]
+    assert '"event":"request"' in logs  # the canonical line per request, in JSON
+    assert "hello" not in logs  # prompt text is not logged
+
+
+def test_a_bad_config_file_stops_start_up_with_one_clear_message(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "providers:\n  - {id: a, type: openai, base_url: 'http://x'}\n"
+        "models:\n  - {id: m, provider_id: a, input_per_1k: -1}\n"
+    )
+    code, stderr = finish(run_tokenhub("serve", "--config", str(bad), cwd=tmp_path), tmp_path)
+    assert code == 2
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert str(bad) in lines[0] and 'models[0] (id "m")' in lines[0] and "input_per_1k" in lines[0]
+
+
+def test_a_bad_environment_variable_is_named(tmp_path: Path) -> None:
+    process = run_tokenhub("serve", cwd=tmp_path, env={"TOKENHUB_LISTEN_ADDR": "nonsense"})
+    code, stderr = finish(process, tmp_path)
+    assert code == 2
+    assert "TOKENHUB_LISTEN_ADDR" in stderr and "Traceback" not in stderr
