@@ -18,12 +18,13 @@ from starlette.types import Receive, Scope, Send
 from tokenhub.config import Mode
 from tokenhub.engine import ChatRequest, Decision, EngineError, Policy, Routed, UpstreamError
 from tokenhub.engine.providers.base import Chunk
-from tokenhub.gateway.errors import BodyTooLarge, reply_for
+from tokenhub.gateway.errors import BodyTimeout, BodyTooLarge, reply_for
 from tokenhub.gateway.middleware import request_id_of
 from tokenhub.gateway.parsing import parse_chat_request
 from tokenhub.temporal_integration import CallContext
 
 T = TypeVar("T")
+BODY_TIMEOUT_S = 30.0
 _DONE = b"data: [DONE]\n\n"
 _SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -83,22 +84,32 @@ async def send_error(send: Send, exc: BaseException) -> None:
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body, at most ``limit`` bytes, arriving within ``BODY_TIMEOUT_S``."""
     for name, value in scope["headers"]:
         if name == b"content-length" and value.isdigit() and int(value) > limit:
             raise BodyTooLarge(limit)
+    message = await receive()  # usually the whole body, already buffered by the server
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body: bytes = message.get("body", b"")
+        if len(body) > limit:
+            raise BodyTooLarge(limit)
+        return body
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        body = message.get("body", b"")
-        size += len(body)
-        if size > limit:
-            raise BodyTooLarge(limit)
-        chunks.append(body)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            while True:
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                if size > limit:
+                    raise BodyTooLarge(limit)
+                if not message.get("more_body", False):
+                    return b"".join(chunks)
+                message = await receive()
+    except TimeoutError:
+        raise BodyTimeout(BODY_TIMEOUT_S) from None
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

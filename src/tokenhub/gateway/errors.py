@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -22,6 +22,13 @@ from tokenhub.engine import (
     RoutingFailed,
     UpstreamError,
 )
+
+
+class BodyTimeout(EngineError):
+    """The client did not finish sending its request body in time."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The request body did not arrive within {seconds:g}s.")
 
 
 class BodyTooLarge(EngineError):
@@ -64,6 +71,10 @@ def _invalid(exc: InvalidRequest) -> ErrorReply:
 
 def _too_large(exc: BodyTooLarge) -> ErrorReply:
     return ErrorReply(413, exc.message, "invalid_request_error", "request_too_large")
+
+
+def _body_timeout(exc: BodyTimeout) -> ErrorReply:
+    return ErrorReply(408, exc.message, "invalid_request_error", "request_timeout")
 
 
 def _not_found(exc: ModelNotFound) -> ErrorReply:
@@ -120,18 +131,22 @@ def _upstream(exc: UpstreamError) -> ErrorReply:
 def _routing_failed(exc: RoutingFailed) -> ErrorReply:
     if exc.client_fault:
         # Every upstream refused the request itself: that is the client's 400, in the upstream's words.
-        return ErrorReply(
+        reply = ErrorReply(
             400,
             f"Upstream rejected the request: {exc.last.message}",
             "invalid_request_error",
             "upstream_rejected_request",
         )
-    return _by_class(exc.error_class, exc.message, exc.retry_after)
+    else:
+        reply = _by_class(exc.error_class, exc.message, exc.retry_after)
+    tried = {"x-tokenhub-model": exc.last.model_id, "x-tokenhub-provider": exc.last.provider_id}
+    return replace(reply, headers={**reply.headers, **tried})
 
 
 _TABLE: dict[type[BaseException], Callable[[Any], ErrorReply]] = {
     InvalidRequest: _invalid,
     BodyTooLarge: _too_large,
+    BodyTimeout: _body_timeout,
     ModelNotFound: _not_found,
     NoEligibleModel: _no_eligible,
     UpstreamError: _upstream,

@@ -17,6 +17,7 @@ from tokenhub.store.models import RequestLog
 from tokenhub.store.sql import Store
 
 log = structlog.get_logger(__name__)
+SHUTDOWN_FLUSH_S = 10.0
 
 
 class RequestLogWriter:
@@ -56,8 +57,9 @@ class RequestLogWriter:
                 await self._task
             self._task = None
         try:
-            await self.flush()
-        except Exception:
+            async with asyncio.timeout(SHUTDOWN_FLUSH_S):
+                await self.flush()
+        except Exception:  # a database that is down at shutdown must not hang it; say what is lost
             log.exception("request_logs_lost_at_shutdown", rows=self._queue.qsize() + len(self._pending))
 
     async def _run(self) -> None:
