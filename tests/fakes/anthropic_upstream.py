@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ class Reply:
     status: int = 200
     body: Any = None  # JSON body (non-stream or error); None = an echo message
     headers: dict[str, str] = field(default_factory=dict)
-    events: list[Event | bytes] | None = None  # SSE stream: (name, data) pairs; bytes are sent raw
+    events: Sequence[Event | bytes] | None = None  # SSE stream: (name, data) pairs; bytes are sent raw
     chunk_delay: float = 0.0
     drop_after: int | None = None  # streams: close the connection after this many events
 
@@ -146,17 +147,23 @@ class FakeAnthropic:
         events = reply.events if reply.events is not None else text_stream(_echo(request).split(" "))
         await self._stream(reply, events, receive, send)
 
-    async def _stream(self, reply: Reply, events: list[Event | bytes], receive: Receive, send: Send) -> None:
+    async def _stream(
+        self, reply: Reply, events: Sequence[Event | bytes], receive: Receive, send: Send
+    ) -> None:
         headers = [
             (b"content-type", b"text/event-stream"),
             *((k.encode(), v.encode()) for k, v in reply.headers.items()),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
 
+        completed = False
+
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
-            self.client_disconnected.set()
+            # uvicorn also reports http.disconnect once the response is complete: not a hang-up.
+            if not completed:
+                self.client_disconnected.set()
 
         watcher = asyncio.ensure_future(watch())
         try:
@@ -168,6 +175,7 @@ class FakeAnthropic:
                 if watcher.done():
                     return
                 await send({"type": "http.response.body", "body": _sse(event), "more_body": True})
+            completed = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             if not watcher.done():

@@ -157,10 +157,15 @@ class FakeOpenAI:
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
 
+        # uvicorn also reports http.disconnect once the response is over (or once we drop it), so only
+        # a hang-up while we are still streaming counts as the client's.
+        streaming = True
+
         async def watch() -> None:
             while (await receive())["type"] != "http.disconnect":
                 pass
-            self.client_disconnected.set()
+            if streaming:
+                self.client_disconnected.set()
 
         watcher = asyncio.ensure_future(watch())
         try:
@@ -168,6 +173,7 @@ class FakeOpenAI:
                 await asyncio.wait((watcher,), timeout=reply.ttft)
             for i, chunk in enumerate(chunks):
                 if reply.drop_after is not None and i >= reply.drop_after:
+                    streaming = False
                     return  # returning mid-body makes uvicorn close the connection: a dropped stream
                 if i and reply.chunk_delay:
                     await asyncio.sleep(reply.chunk_delay)
@@ -176,9 +182,10 @@ class FakeOpenAI:
                 data = chunk if isinstance(chunk, bytes) else b"data: " + orjson.dumps(chunk) + b"\n\n"
                 await send({"type": "http.response.body", "body": data, "more_body": True})
             tail = b"data: [DONE]\n\n" if reply.done else b""
+            streaming = False
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
-            if not watcher.done():
+            if streaming and not watcher.done():
                 # Give a hang-up that is already on its way a moment to arrive before we stop watching.
                 await asyncio.wait((watcher,), timeout=0.05)
             watcher.cancel()

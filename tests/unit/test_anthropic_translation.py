@@ -75,7 +75,7 @@ def test_system_and_developer_messages_become_the_system_prompt() -> None:
     ("limits", "expected"),
     [({}, 1024), ({"max_tokens": 50}, 50), ({"max_tokens": 50, "max_completion_tokens": 70}, 70)],
 )
-def test_max_tokens_is_the_clients_limit_or_the_default(limits: dict[str, int], expected: int) -> None:
+def test_max_tokens_is_the_clients_limit_or_the_default(limits: dict[str, Any], expected: int) -> None:
     assert translate(**limits)["max_tokens"] == expected
 
 

@@ -81,7 +81,9 @@ class ProviderConfig(_Strict):
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
         value = value.rstrip("/")
-        return value[: -len("/v1")] if value.endswith("/v1") else value
+        scheme_and_host = value.split("/", 3)
+        has_path = len(scheme_and_host) == 4
+        return value[: -len("/v1")] if has_path and value.endswith("/v1") else value
 
     @field_validator("api_key_env")
     @classmethod

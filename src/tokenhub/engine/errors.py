@@ -89,19 +89,21 @@ class UpstreamError(EngineError):
 
 
 class RoutingFailed(EngineError):
-    """Every candidate failed. ``error_class`` summarises the attempts for the client:
-    ``rate_limited`` only when every attempt was rate limited, otherwise the last attempt's class."""
+    """Every candidate failed. ``error_class`` is the last attempt's: what the client should act on is
+    how the last candidate failed (a 429 when it asked us to wait, even if others failed otherwise).
+    ``retry_after`` is the shortest wait any rate-limited attempt asked for."""
 
     def __init__(self, attempts: Sequence[UpstreamError]) -> None:
         if not attempts:
             raise ValueError("RoutingFailed needs at least one attempt")
         self.attempts = tuple(attempts)
         last = self.attempts[-1]
-        if all(a.error_class == "rate_limited" for a in self.attempts):
-            self.error_class: ErrorClass = "rate_limited"
-        else:
-            self.error_class = last.error_class
-        waits = [a.retry_after for a in self.attempts if a.retry_after is not None]
+        self.error_class: ErrorClass = last.error_class
+        waits = [
+            a.retry_after
+            for a in self.attempts
+            if a.error_class == "rate_limited" and a.retry_after is not None
+        ]
         self.retry_after = min(waits) if waits else None
         tried = ", ".join(sorted({f"{a.model_id}" for a in self.attempts}))
         super().__init__(f"All upstream attempts failed ({tried}); last error: {last}")

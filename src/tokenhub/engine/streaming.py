@@ -114,7 +114,7 @@ class ChunkNormaliser:
         if delta.get("tool_calls"):
             delta["tool_calls"] = self._tool_deltas(index, delta["tool_calls"])
         out = {k: v for k, v in choice.items() if k not in ("delta", "finish_reason", "index")}
-        finish = choice.get("finish_reason")
+        finish = choice.get("finish_reason") or None  # some upstreams send "" for "not yet"
         out = {"index": index, "delta": delta, **out, "finish_reason": finish}
         if finish:
             self._finished[index] = str(finish)

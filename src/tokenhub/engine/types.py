@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from tokenhub.config import Mode
 
@@ -53,10 +54,15 @@ class Message(_Open):
 
     @model_validator(mode="after")
     def _role_rules(self) -> Message:
+        # Reported as the missing field itself, so the client is told which one.
         if self.role in ("system", "developer", "user") and self.content is None:
-            raise ValueError(f"a {self.role} message needs 'content'")
+            raise PydanticCustomError(
+                "missing", "a {role} message needs 'content'", {"role": self.role, "field": "content"}
+            )
         if self.role == "tool" and not self.tool_call_id:
-            raise ValueError("a tool message needs 'tool_call_id'")
+            raise PydanticCustomError(
+                "missing", "a tool message needs 'tool_call_id'", {"field": "tool_call_id"}
+            )
         return self
 
     def text(self) -> str:

@@ -82,7 +82,17 @@ def _not_found(exc: ModelNotFound) -> ErrorReply:
 
 
 def _no_eligible(exc: NoEligibleModel) -> ErrorReply:
-    if exc.kinds == ["context_window"]:
+    kinds = set(exc.kinds)
+    if kinds & {"unhealthy", "latency"}:
+        # Something temporary is in the way: the client may retry, after Retry-After when we know it.
+        return ErrorReply(
+            503,
+            exc.message,
+            "server_error",
+            "no_healthy_provider",
+            retry_after=exc.retry_after if exc.retry_after else None,
+        )
+    if kinds == {"context_window"}:
         return ErrorReply(
             400,
             "The request is longer than any configured model's context window.",
@@ -90,22 +100,15 @@ def _no_eligible(exc: NoEligibleModel) -> ErrorReply:
             "context_length_exceeded",
             "messages",
         )
-    if exc.kinds == ["budget"]:
+    if kinds == {"budget"}:
         return ErrorReply(
             400,
             "No model can answer within the request's budget.",
             "invalid_request_error",
             "budget_exceeded",
         )
-    if exc.kinds in (["min_weight"], ["context_window", "min_weight"]):
-        return ErrorReply(400, exc.message, "invalid_request_error", "no_eligible_model")
-    return ErrorReply(
-        503,
-        exc.message,
-        "server_error",
-        "no_healthy_provider",
-        retry_after=exc.retry_after if exc.retry_after else None,
-    )
+    # No model can ever take this request as written (or none is configured): retrying cannot help.
+    return ErrorReply(400, exc.message, "invalid_request_error", "no_eligible_model")
 
 
 def _by_class(error_class: ErrorClass, message: str, retry_after: float | None) -> ErrorReply:

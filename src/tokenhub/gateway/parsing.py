@@ -23,7 +23,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
 
 
 def _invalid_request(exc: ValidationError) -> InvalidRequest:
-    error = exc.errors(include_url=False)[0]
+    error = _most_specific(exc.errors(include_url=False))
     kind = error["type"]
     if kind == "json_invalid":
         return InvalidRequest(
@@ -34,6 +34,8 @@ def _invalid_request(exc: ValidationError) -> InvalidRequest:
         return InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     param = _param(error)
     if kind == "missing":
+        if field := (error.get("ctx") or {}).get("field"):
+            param = f"{param}.{field}" if param else str(field)
         return InvalidRequest(
             f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
         )
@@ -45,6 +47,15 @@ def _invalid_request(exc: ValidationError) -> InvalidRequest:
     return InvalidRequest(
         f"Invalid value for '{param}': {message}." if param else message, param=param, code="invalid_value"
     )
+
+
+def _most_specific(errors: list[ErrorDetails]) -> ErrorDetails:
+    """The first error, unless it is one branch of a union: then the branch that got furthest into the
+    input (a list of content parts with a bad part beats "should be a valid string")."""
+    first = errors[0]
+    base = _param(first) or ""
+    same_field = [e for e in errors if (_param(e) or "").startswith(base)]
+    return max(same_field, key=lambda e: len(e["loc"]))
 
 
 def _param(error: ErrorDetails) -> str | None:

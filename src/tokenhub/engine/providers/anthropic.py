@@ -124,7 +124,8 @@ def to_anthropic_request(
     except _Untranslatable as exc:
         raise UpstreamError("fatal", str(exc), provider_id=provider_id, status=400) from None
     if request.temperature is not None:
-        body["temperature"] = request.temperature
+        # OpenAI's scale is 0..2, Anthropic's 0..1: clamp rather than have Claude refuse the request.
+        body["temperature"] = min(request.temperature, 1.0)
     if request.top_p is not None:
         body["top_p"] = request.top_p
     if request.stop:

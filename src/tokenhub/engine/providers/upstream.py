@@ -191,6 +191,7 @@ def _looks_like_context_overflow(status: int, lowered: str) -> bool:
         "too many tokens",
         "input is too long",
         "context window",
+        "exceed context limit",
     )
     return any(marker in lowered for marker in markers)
 
