@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.server import ServerThread
 from tokenhub.app import Components, build_app
@@ -56,6 +57,17 @@ def make_fake_openai() -> Iterator[Any]:
 
     yield make
     for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def fake_anthropic() -> Iterator[tuple[FakeAnthropic, str]]:
+    """A fake Anthropic Messages API over loopback HTTP; (fake, base_url)."""
+    fake = FakeAnthropic()
+    server = ServerThread(fake, lifespan="off").start()
+    try:
+        yield fake, server.url
+    finally:
         server.stop()
 
 
