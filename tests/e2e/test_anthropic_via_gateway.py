@@ -88,10 +88,10 @@ def test_tool_use_round_trip(claude: Any) -> None:
     first = client.chat.completions.create(
         model="claude-test", messages=[{"role": "user", "content": "Weather?"}], tools=TOOLS
     )
-    call = first.choices[0].message.tool_calls[0]  # type: ignore[index]
+    call = first.choices[0].message.tool_calls[0]
     assert first.choices[0].finish_reason == "tool_calls"
-    assert call.id == "toolu_1" and call.function.name == "get_weather"  # type: ignore[union-attr]
-    assert json.loads(call.function.arguments) == {"city": "Oslo"}  # type: ignore[union-attr]
+    assert call.id == "toolu_1" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Oslo"}
     assert fake.requests[0]["tools"][0]["input_schema"] == TOOLS[0]["function"]["parameters"]
 
     fake.push(Reply(body=message("Sunny.")))
@@ -100,7 +100,7 @@ def test_tool_use_round_trip(claude: Any) -> None:
         tools=TOOLS,
         messages=[
             {"role": "user", "content": "Weather?"},
-            first.choices[0].message.model_dump(exclude_none=True),  # type: ignore[list-item]
+            first.choices[0].message.model_dump(exclude_none=True),
             {"role": "tool", "tool_call_id": "toolu_1", "content": "sunny"},
         ],
     )
@@ -162,9 +162,9 @@ def test_streamed_tool_call(claude: Any) -> None:
         )
     )
     deltas = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
-    assert deltas[0].id == "toolu_9" and deltas[0].function.name == "get_weather"  # type: ignore[union-attr]
+    assert deltas[0].id == "toolu_9" and deltas[0].function.name == "get_weather"
     assert all(d.id is None for d in deltas[1:]) and {d.index for d in deltas} == {0}
-    assert json.loads("".join(d.function.arguments or "" for d in deltas)) == {"city": "Riga"}  # type: ignore[union-attr]
+    assert json.loads("".join(d.function.arguments or "" for d in deltas)) == {"city": "Riga"}
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
