@@ -8,15 +8,14 @@ and whether a streaming client hung up.
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Send
+
+from tests.fakes.scripted import ScriptedUpstream, send_json
 
 Event = tuple[str, dict[str, Any]]
 
@@ -110,78 +109,28 @@ def error_body(error_type: str, text: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": error_type, "message": text}}
 
 
-class FakeAnthropic:
-    def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self.script: deque[Reply] = deque()
-        self.client_disconnected = threading.Event()
-        self._lock = threading.Lock()
+class FakeAnthropic(ScriptedUpstream[Reply]):
+    def default_reply(self) -> Reply:
+        return Reply()
 
-    def push(self, *replies: Reply) -> None:
-        with self._lock:
-            self.script.extend(replies)
-
-    def _next(self) -> Reply:
-        with self._lock:
-            return self.script.popleft() if self.script else Reply()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = b""
-        while True:
-            received = await receive()
-            body += received.get("body", b"")
-            if not received.get("more_body"):
-                break
-        if scope["path"] != "/v1/messages":
-            await _send_json(send, 404, error_body("not_found_error", f"no route {scope['path']}"))
+    async def answer(
+        self, path: str, request: dict[str, Any], reply: Reply, receive: Receive, send: Send
+    ) -> None:
+        if path != "/v1/messages":
+            await send_json(send, 404, error_body("not_found_error", f"no route {path}"))
             return
-        request = orjson.loads(body) if body else {}
-        with self._lock:
-            self.requests.append(request)
-            self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
-        reply = self._next()
         if reply.status != 200 or (reply.events is None and not request.get("stream")):
-            await _send_json(send, reply.status, reply.body or message(_echo(request)), reply.headers)
+            await send_json(send, reply.status, reply.body or message(_echo(request)), reply.headers)
             return
         events = reply.events if reply.events is not None else text_stream(_echo(request).split(" "))
-        await self._stream(reply, events, receive, send)
-
-    async def _stream(
-        self, reply: Reply, events: Sequence[Event | bytes], receive: Receive, send: Send
-    ) -> None:
-        headers = [
-            (b"content-type", b"text/event-stream"),
-            *((k.encode(), v.encode()) for k, v in reply.headers.items()),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-
-        completed = False
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            # uvicorn also reports http.disconnect once the response is complete: not a hang-up.
-            if not completed:
-                self.client_disconnected.set()
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            for i, event in enumerate(events):
-                if reply.drop_after is not None and i >= reply.drop_after:
-                    return  # returning mid-body makes uvicorn close the connection: a dropped stream
-                if i and reply.chunk_delay:
-                    await asyncio.sleep(reply.chunk_delay)
-                if watcher.done():
-                    return
-                await send({"type": "http.response.body", "body": _sse(event), "more_body": True})
-            completed = True
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            if not watcher.done():
-                # Give a hang-up that is already on its way a moment to arrive before we stop watching.
-                await asyncio.wait((watcher,), timeout=0.05)
-            watcher.cancel()
+        await self.stream(
+            send,
+            receive,
+            (_sse(e) for e in events),
+            headers=reply.headers,
+            gap=reply.chunk_delay,
+            drop_after=reply.drop_after,
+        )
 
 
 def _sse(event: Event | bytes) -> bytes:
@@ -197,14 +146,3 @@ def _echo(request: dict[str, Any]) -> str:
     if isinstance(content, list):
         content = " ".join(block.get("text", "") for block in content if block.get("type") == "text")
     return f"echo: {content}"
-
-
-async def _send_json(send: Send, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-    payload = orjson.dumps(body)
-    raw = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(payload)).encode()),
-        *((k.encode(), v.encode()) for k, v in (headers or {}).items()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": payload})

@@ -7,15 +7,14 @@ stream, or no answer at all. The fake records every request body and whether a s
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from starlette.types import Receive, Scope, Send
+from starlette.types import Receive, Send
+
+from tests.fakes.scripted import ScriptedUpstream, send_json
 
 
 @dataclass
@@ -93,102 +92,37 @@ def error_body(message: str, *, type_: str = "server_error", code: str | None = 
     return {"error": {"message": message, "type": type_, "param": None, "code": code}}
 
 
-class FakeOpenAI:
+class FakeOpenAI(ScriptedUpstream[Reply]):
     def __init__(self) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.headers: list[dict[str, str]] = []
-        self.script: deque[Reply] = deque()
+        super().__init__()
         self.default: Reply | None = None
-        self.client_disconnected = threading.Event()
-        self._lock = threading.Lock()
 
-    def push(self, *replies: Reply) -> None:
-        with self._lock:
-            self.script.extend(replies)
-
-    def _next(self) -> Reply:
-        with self._lock:
-            if self.script:
-                return self.script.popleft()
+    def default_reply(self) -> Reply:
         return self.default or Reply()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        if scope["path"] == "/v1/models":
-            await _send_json(send, 200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+    async def answer(
+        self, path: str, request: dict[str, Any], reply: Reply, receive: Receive, send: Send
+    ) -> None:
+        if path == "/v1/models":
+            await send_json(send, 200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
             return
-        request = orjson.loads(body) if body else {}
-        with self._lock:
-            self.requests.append(request)
-            self.headers.append({k.decode(): v.decode() for k, v in scope["headers"]})
-        reply = self._next()
-        if reply.delay and not await self._sleep_unless_hung_up(reply.delay, receive):
+        if reply.delay and not await self.wait_unless_hung_up(receive, reply.delay):
             return
         if reply.status != 200 or (reply.chunks is None and not request.get("stream")):
-            await _send_json(send, reply.status, reply.body or completion(_echo(request)), reply.headers)
+            await send_json(send, reply.status, reply.body or completion(_echo(request)), reply.headers)
             return
         chunks = reply.chunks if reply.chunks is not None else text_chunks(_echo(request).split(" "))
-        await self._stream(reply, chunks, receive, send)
-
-    async def _sleep_unless_hung_up(self, seconds: float, receive: Receive) -> bool:
-        """Wait ``seconds``; False (and ``client_disconnected`` set) if the client hangs up first."""
-
-        async def hang_up() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-
-        watcher = asyncio.ensure_future(hang_up())
-        done, _ = await asyncio.wait((watcher,), timeout=seconds)
-        watcher.cancel()
-        if done:
-            self.client_disconnected.set()
-            return False
-        return True
-
-    async def _stream(self, reply: Reply, chunks: list[Any], receive: Receive, send: Send) -> None:
-        headers = [
-            (b"content-type", b"text/event-stream"),
-            *((k.encode(), v.encode()) for k, v in reply.headers.items()),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-
-        # uvicorn also reports http.disconnect once the response is over (or once we drop it), so only
-        # a hang-up while we are still streaming counts as the client's.
-        streaming = True
-
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            if streaming:
-                self.client_disconnected.set()
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            if reply.ttft:
-                await asyncio.wait((watcher,), timeout=reply.ttft)
-            for i, chunk in enumerate(chunks):
-                if reply.drop_after is not None and i >= reply.drop_after:
-                    streaming = False
-                    return  # returning mid-body makes uvicorn close the connection: a dropped stream
-                if i and reply.chunk_delay:
-                    await asyncio.sleep(reply.chunk_delay)
-                if watcher.done():
-                    return
-                data = chunk if isinstance(chunk, bytes) else b"data: " + orjson.dumps(chunk) + b"\n\n"
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            tail = b"data: [DONE]\n\n" if reply.done else b""
-            streaming = False
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
-        finally:
-            if streaming and not watcher.done():
-                # Give a hang-up that is already on its way a moment to arrive before we stop watching.
-                await asyncio.wait((watcher,), timeout=0.05)
-            watcher.cancel()
+        frames = (c if isinstance(c, bytes) else b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks)
+        await self.stream(
+            send,
+            receive,
+            frames,
+            headers=reply.headers,
+            ttft=reply.ttft,
+            gap=reply.chunk_delay,
+            drop_after=reply.drop_after,
+            tail=b"data: [DONE]\n\n" if reply.done else b"",
+        )
 
 
 def _echo(request: dict[str, Any]) -> str:
@@ -196,14 +130,3 @@ def _echo(request: dict[str, Any]) -> str:
     content = messages[-1].get("content")
     text = content if isinstance(content, str) else "parts"
     return f"echo: {text}"
-
-
-async def _send_json(send: Send, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-    payload = orjson.dumps(body)
-    raw = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(payload)).encode()),
-        *((k.encode(), v.encode()) for k, v in (headers or {}).items()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": payload})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -21,7 +21,6 @@ from tests.fakes.anthropic_upstream import (
     text_stream,
     tool_block,
 )
-from tests.fakes.server import ServerThread
 from tokenhub.engine.errors import UpstreamError
 from tokenhub.engine.providers.anthropic import AnthropicProvider
 from tokenhub.engine.providers.base import Chunk, Target
@@ -34,13 +33,8 @@ TIMEOUT = 5.0
 
 
 @pytest.fixture
-def fake() -> Iterator[tuple[FakeAnthropic, str]]:
-    app = FakeAnthropic()
-    server = ServerThread(app, lifespan="off").start()
-    try:
-        yield app, server.url
-    finally:
-        server.stop()
+def fake(fake_anthropic: tuple[FakeAnthropic, str]) -> tuple[FakeAnthropic, str]:
+    return fake_anthropic
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ the upstream connection is closed with it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Protocol, TypeVar
@@ -118,7 +117,8 @@ async def _wait_for_disconnect(receive: Receive) -> None:
 
 
 async def _unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
-    """Run ``work`` unless the client leaves first, in which case cancel it and raise ``ClientGone``."""
+    """Run ``work`` unless the client leaves first; then cancel it (it closes its upstream on the way
+    out) and raise ``ClientGone``. Our own cancellation propagates unchanged."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
     try:
@@ -127,9 +127,9 @@ async def _unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
         watcher.cancel()
         if not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            raise ClientGone
+            await asyncio.wait((task,))
+    if task.cancelled():
+        raise ClientGone
     return task.result()
 
 
@@ -152,8 +152,7 @@ async def _send_completion(routed: Routed, send: Send) -> None:
 
 
 async def _send_stream(stream: StreamHandle, receive: Receive, send: Send) -> None:
-    """Send the stream as SSE. A failure after the first byte becomes one ``data: {"error": …}`` event
-    (no ``event:`` line, which the openai SDK would not read) and no ``[DONE]``."""
+    """Send the stream as SSE, recording it once however it ends."""
     await send(
         {
             "type": "http.response.start",
@@ -161,47 +160,38 @@ async def _send_stream(stream: StreamHandle, receive: Receive, send: Send) -> No
             "headers": [*_SSE_HEADERS, *_routing_headers(stream.decision)],
         }
     )
-
-    async def pump() -> UpstreamError | None:
-        failure: UpstreamError | None = None
-        try:
-            async with asyncio.timeout(max(0.0, stream.deadline - time.monotonic())):
-                async for chunk in stream:
-                    await send(
-                        {
-                            "type": "http.response.body",
-                            "body": b"data: " + orjson.dumps(chunk) + b"\n\n",
-                            "more_body": True,
-                        }
-                    )
-        except UpstreamError as exc:
-            failure = exc
-        except TimeoutError:
-            failure = UpstreamError(
-                "timeout",
-                "the stream exceeded the request time limit",
-                provider_id=stream.decision.provider_id,
-                model_id=stream.decision.model_id,
-            )
-        if failure is None:
-            await send({"type": "http.response.body", "body": _DONE})
-        else:
-            event = b"data: " + reply_for(failure).body_bytes() + b"\n\n"
-            await send({"type": "http.response.body", "body": event})
-        return failure
-
-    pumping = asyncio.ensure_future(pump())
-    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+    client_gone, failure = False, None
     try:
-        await asyncio.wait((pumping, watcher), return_when=asyncio.FIRST_COMPLETED)
+        failure = await _unless_disconnected(receive, _pump(stream, send))
+    except (ClientGone, OSError):  # a send that fails means the client went away too
+        client_gone = True
     finally:
-        watcher.cancel()
-        if not pumping.done():
-            pumping.cancel()
-            await asyncio.wait((pumping,))
-        # A send that fails (OSError) means the client went away too.
-        client_gone = pumping.cancelled() or isinstance(pumping.exception(), OSError)
-        failure = None if client_gone or pumping.exception() else pumping.result()
         await stream.aclose(client_gone=client_gone, error=failure)
-    if not client_gone and (bug := pumping.exception()) is not None:
-        raise bug
+
+
+async def _pump(stream: StreamHandle, send: Send) -> UpstreamError | None:
+    """Forward chunks until the end. A failure after the first byte becomes one ``data: {"error": …}``
+    event (no ``event:`` line, which the openai SDK would not read) and no ``[DONE]``; it is returned."""
+    failure: UpstreamError | None = None
+    try:
+        async with asyncio.timeout(max(0.0, stream.deadline - time.monotonic())):
+            async for chunk in stream:
+                data = b"data: " + orjson.dumps(chunk) + b"\n\n"
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+    except UpstreamError as exc:
+        failure = exc
+    except TimeoutError:
+        decision = stream.decision
+        failure = UpstreamError(
+            "timeout",
+            "the stream exceeded the request time limit",
+            provider_id=decision.provider_id,
+            model_id=decision.model_id,
+        )
+    if failure is None:
+        await send({"type": "http.response.body", "body": _DONE})
+    else:
+        await send(
+            {"type": "http.response.body", "body": b"data: " + reply_for(failure).body_bytes() + b"\n\n"}
+        )
+    return failure
