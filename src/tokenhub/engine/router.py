@@ -150,6 +150,7 @@ class Engine:
             upstream=upstream,
             prefix=prefix,
             normaliser=normaliser,
+            model=model,
             decision=decision,
             ttft_ms=(time.monotonic() - started) * 1000,
             deadline=deadline,

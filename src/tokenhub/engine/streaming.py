@@ -16,6 +16,7 @@ from typing import Any
 
 from tokenhub.engine.errors import UpstreamError
 from tokenhub.engine.providers.base import Chunk
+from tokenhub.engine.registry import ModelSpec
 from tokenhub.engine.types import Decision, TokenCount
 
 
@@ -169,6 +170,7 @@ class ChatStream:
         upstream: AsyncIterator[Chunk],
         prefix: list[Chunk],
         normaliser: ChunkNormaliser,
+        model: ModelSpec,
         decision: Decision,
         ttft_ms: float,
         deadline: float,
@@ -177,6 +179,7 @@ class ChatStream:
         self._upstream = upstream
         self._prefix = prefix
         self._normaliser = normaliser
+        self._model = model
         self.decision = decision
         self.ttft_ms = ttft_ms
         self.deadline = deadline
@@ -219,7 +222,12 @@ class ChatStream:
         return self._normaliser.finish_reason
 
     def tokens(self) -> TokenCount:
+        """Tokens so far: the upstream's usage when it reported one, else an estimate."""
         return self._normaliser.tokens()
+
+    def cost_usd(self) -> float:
+        tokens = self.tokens()
+        return self._model.cost_usd(tokens.input_tokens, tokens.output_tokens)
 
 
 def is_substantive(chunk: Chunk) -> bool:

@@ -8,11 +8,13 @@ engine error, client disconnect, or a stream that broke half way.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Protocol
 
 from tokenhub.engine import (
     ChatRequest,
@@ -90,20 +92,18 @@ class DirectDispatcher:
         except asyncio.CancelledError:
             await self._recorder.log_result(self._closed_row(ctx, request, policy, stream=True))
             raise
-        return RecordedStream(stream, self, ctx, policy)
+        return RecordedStream(stream, functools.partial(self._log_stream, ctx=ctx, policy=policy))
 
-    async def _stream_closed(
+    async def _log_stream(
         self,
         stream: ChatStream,
-        ctx: CallContext,
-        policy: Policy,
         *,
         client_gone: bool,
         error: UpstreamError | None,
+        ctx: CallContext,
+        policy: Policy,
     ) -> None:
         decision = stream.decision
-        tokens = stream.tokens()
-        model = self._engine.registry.get_routable(decision.model_id)
         error = error or stream.error
         if stream.completed:
             status, error_class, message = 200, None, None
@@ -124,8 +124,8 @@ class DirectDispatcher:
                 provider=decision.provider_id,
                 reason=decision.reason,
                 attempts=decision.attempts,
-                tokens=tokens,
-                cost_usd=model.cost_usd(tokens.input_tokens, tokens.output_tokens) if model else 0.0,
+                tokens=stream.tokens(),
+                cost_usd=stream.cost_usd(),
                 ttft_ms=stream.ttft_ms,
                 error_class=error_class,
                 error_message=message,
@@ -176,13 +176,9 @@ class DirectDispatcher:
 class RecordedStream:
     """A ``ChatStream`` that is recorded exactly once, when it is closed. Always ``aclose()`` it."""
 
-    def __init__(
-        self, stream: ChatStream, dispatcher: DirectDispatcher, ctx: CallContext, policy: Policy
-    ) -> None:
+    def __init__(self, stream: ChatStream, record: StreamRecorder) -> None:
         self._stream = stream
-        self._dispatcher = dispatcher
-        self._ctx = ctx
-        self._policy = policy
+        self._record = record
         self._closed = False
         self.decision = stream.decision
         self.deadline = stream.deadline
@@ -199,9 +195,13 @@ class RecordedStream:
         try:
             await self._stream.aclose()
         finally:
-            await self._dispatcher._stream_closed(
-                self._stream, self._ctx, self._policy, client_gone=client_gone, error=error
-            )
+            await self._record(self._stream, client_gone=client_gone, error=error)
+
+
+class StreamRecorder(Protocol):
+    async def __call__(
+        self, stream: ChatStream, *, client_gone: bool, error: UpstreamError | None
+    ) -> None: ...
 
 
 def _row(
