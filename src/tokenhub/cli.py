@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         error = exc.errors()[0]
         name = "TOKENHUB_" + "_".join(str(p) for p in error["loc"]).upper()
-        print(f"tokenhub: configuration error: {name}: {error['msg']}", file=sys.stderr)  # noqa: T201
+        message = error["msg"].removeprefix("Value error, ")
+        print(f"tokenhub: configuration error: {name}: {message}", file=sys.stderr)  # noqa: T201
         return 2
     configure_logging(settings.log_level, settings.log_format)
     if config_path is None:
