@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/tokenhub serve --config $(CONFIG)
+	$(BIN)/tokenhub dev --config $(CONFIG)
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -11,20 +13,26 @@ import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from tokenhub.admin import TemporalEndpoints, admin_routes
 from tokenhub.config import Catalog, Settings
 from tokenhub.engine import Engine, HealthTracker, Limits, Provider, Registry, ResultRecorder
 from tokenhub.engine.providers import build_provider
 from tokenhub.gateway import RequestIdMiddleware, exception_handlers, gateway_routes, status_of
 from tokenhub.store import RequestLogWriter, SQLStore
 from tokenhub.telemetry import EventBus, Metrics
-from tokenhub.temporal_integration import DirectDispatcher
+from tokenhub.temporal_integration.activities import Activities
+from tokenhub.temporal_integration.breaker import STATE_VALUES, Breaker, BreakerState
+from tokenhub.temporal_integration.direct import DirectDispatcher
+from tokenhub.temporal_integration.dispatcher import TemporalDispatcher
+from tokenhub.temporal_integration.flag import TemporalFlag
+from tokenhub.temporal_integration.manager import TemporalManager, TemporalTarget
 
 log = structlog.get_logger("tokenhub")
 
 
 @dataclass(frozen=True)
 class Components:
-    """What ``build_app`` made, for the lifespan and for tests that need to look inside."""
+    """What ``build_components`` made, for the lifespan and for tests that need to look inside."""
 
     settings: Settings
     store: SQLStore
@@ -34,11 +42,29 @@ class Components:
     health: HealthTracker
     registry: Registry
     engine: Engine
-    dispatcher: DirectDispatcher
+    flag: TemporalFlag
+    breaker: Breaker
+    manager: TemporalManager
+    dispatcher: TemporalDispatcher
+
+    async def start(self) -> None:
+        await self.store.start()
+        await self.writer.start()
+        for provider in self.registry.providers().values():
+            await provider.start()
+        await self.flag.load()  # starts the Temporal connection when the flag is on
+
+    async def aclose(self) -> None:
+        await self.manager.aclose()  # drains the worker first: its activities still need the rest
+        for provider in self.registry.providers().values():
+            await provider.aclose()
+        await self.writer.aclose()
+        await self.store.aclose()
 
 
-def build_components(settings: Settings, catalog: Catalog) -> Components:
-    """Build everything; no I/O happens until the lifespan starts it."""
+def build_components(settings: Settings, catalog: Catalog, *, run_worker: bool | None = None) -> Components:
+    """Build everything; no I/O happens until ``start()``. ``run_worker`` overrides
+    ``TOKENHUB_TEMPORAL_WORKER`` (a ``tokenhub worker`` process always runs one)."""
     metrics = Metrics()
     events = EventBus()
 
@@ -46,6 +72,14 @@ def build_components(settings: Settings, catalog: Catalog) -> Components:
         metrics.health_state(provider_id, new)
         events.publish("health_change", {"provider_id": provider_id, "old_state": old, "new_state": new})
         log.warning("provider_health_changed", provider=provider_id, old=old, new=new)
+
+    def breaker_changed(old: BreakerState, new: BreakerState) -> None:
+        metrics.breaker_state(STATE_VALUES[new])
+        events.publish("breaker_change", {"old_state": old, "new_state": new})
+        log.warning("temporal_breaker_changed", old=old, new=new)
+
+    def temporal_status(connected: bool, worker_running: bool) -> None:
+        metrics.temporal_status(connected=connected, worker_running=worker_running)
 
     health = HealthTracker(on_change=health_changed)
     connect_timeout = min(5.0, settings.provider_timeout_secs)
@@ -66,7 +100,30 @@ def build_components(settings: Settings, catalog: Catalog) -> Components:
     store = SQLStore(settings.async_db_url)
     writer = RequestLogWriter(store, flush_interval_s=settings.log_flush_interval_ms / 1000)
     recorder = ResultRecorder(writer, metrics, events)
-    dispatcher = DirectDispatcher(engine, recorder, status_of)
+    worker = settings.temporal_worker if run_worker is None else run_worker
+    manager = TemporalManager(
+        TemporalTarget(settings.temporal_host, settings.temporal_namespace, settings.temporal_task_queue),
+        Activities(engine, recorder, status_of) if worker else None,
+        on_status=temporal_status,
+    )
+    breaker = Breaker(
+        threshold=settings.temporal_breaker_threshold,
+        cooldown_s=settings.temporal_breaker_cooldown_ms / 1000,
+        on_change=breaker_changed,
+    )
+    flag = TemporalFlag(store, settings.temporal_enabled, on_enable=manager.start)
+    dispatcher = TemporalDispatcher(
+        DirectDispatcher(engine, recorder, status_of),
+        engine,
+        manager,
+        breaker,
+        flag,
+        metrics,
+        events,
+        start_timeout_s=settings.temporal_start_timeout_ms / 1000,
+        pickup_timeout_s=settings.temporal_pickup_timeout_ms / 1000,
+        status_of=status_of,
+    )
     return Components(
         settings=settings,
         store=store,
@@ -76,6 +133,9 @@ def build_components(settings: Settings, catalog: Catalog) -> Components:
         health=health,
         registry=registry,
         engine=engine,
+        flag=flag,
+        breaker=breaker,
+        manager=manager,
         dispatcher=dispatcher,
     )
 
@@ -85,24 +145,18 @@ def build_app(settings: Settings, catalog: Catalog) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        await parts.store.start()
-        await parts.writer.start()
-        providers = parts.registry.providers().values()
-        for provider in providers:
-            await provider.start()
+        await parts.start()
         log.info(
             "tokenhub_started",
             models=[m.id for m in parts.registry.routable()],
             providers=sorted(parts.registry.providers()),
             db=parts.store.url.render_as_string(),
+            temporal=parts.flag.enabled,
         )
         try:
             yield
         finally:
-            for provider in providers:
-                await provider.aclose()
-            await parts.writer.aclose()
-            await parts.store.aclose()
+            await parts.aclose()
             log.info("tokenhub_stopped")
 
     routes = gateway_routes(
@@ -114,11 +168,32 @@ def build_app(settings: Settings, catalog: Catalog) -> Starlette:
         default_mode=settings.default_mode,
         max_body_bytes=settings.max_body_bytes,
     )
+    admin = admin_routes(
+        token=settings.admin_token,
+        temporal=TemporalEndpoints(parts.flag, parts.manager, parts.breaker, parts.metrics),
+    )
     app = Starlette(
-        routes=routes,
+        routes=[*routes, admin],
         middleware=[Middleware(RequestIdMiddleware)],
         exception_handlers=exception_handlers,
         lifespan=lifespan,
     )
     app.state.components = parts
     return app
+
+
+async def run_worker(settings: Settings, catalog: Catalog) -> None:
+    """A Temporal worker and nothing else, until SIGINT or SIGTERM: gateways and workers scale apart."""
+    parts = build_components(settings, catalog, run_worker=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await parts.start()
+    await parts.manager.start()
+    log.info("tokenhub_worker_started", host=settings.temporal_host, task_queue=settings.temporal_task_queue)
+    try:
+        await stop.wait()
+    finally:
+        await parts.aclose()
+        log.info("tokenhub_worker_stopped")

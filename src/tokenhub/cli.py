@@ -1,8 +1,9 @@
-"""``tokenhub serve``: parse arguments, load configuration, hand over to uvicorn. Nothing else."""
+"""``tokenhub serve | worker | dev``: parse arguments, load configuration, hand over. Nothing else."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
@@ -17,34 +18,58 @@ from tokenhub.telemetry import configure_logging
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tokenhub", description="An OpenAI-compatible LLM gateway.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the gateway")
-    serve.add_argument("--host", help="address to bind (default from TOKENHUB_LISTEN_ADDR, 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to bind (default from TOKENHUB_LISTEN_ADDR, 8090)")
-    serve.add_argument("--config", type=Path, help="providers/models YAML file (default TOKENHUB_CONFIG)")
+    for name, text in (
+        ("serve", "run the gateway"),
+        ("dev", "run a local Temporal dev server, then the gateway with the Temporal flag on"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--host", help="address to bind (default from TOKENHUB_LISTEN_ADDR, 127.0.0.1)")
+        command.add_argument(
+            "--port", type=int, help="port to bind (default from TOKENHUB_LISTEN_ADDR, 8090)"
+        )
+        command.add_argument(
+            "--config", type=Path, help="providers/models YAML file (default TOKENHUB_CONFIG)"
+        )
+    worker = commands.add_parser("worker", help="run a Temporal worker alone (no HTTP)")
+    worker.add_argument("--config", type=Path, help="providers/models YAML file (default TOKENHUB_CONFIG)")
     args = parser.parse_args(argv)
+
     try:
         settings = Settings()
-        if args.host or args.port is not None:
-            host = args.host or settings.host
+        updates: dict[str, object] = {"temporal_enabled": True} if args.command == "dev" else {}
+        if getattr(args, "host", None) or getattr(args, "port", None) is not None:
             port = settings.port if args.port is None else args.port
-            settings = Settings(listen_addr=f"{host}:{port}")
+            updates["listen_addr"] = f"{args.host or settings.host}:{port}"
+        if updates:
+            settings = Settings.model_validate({**settings.model_dump(), **updates})
         config_path = args.config or settings.config
         catalog = load_catalog(config_path) if config_path else Catalog.empty()
     except ConfigError as exc:
-        print(f"tokenhub: configuration error: {exc}", file=sys.stderr)  # noqa: T201
-        return 2
+        return _config_error(str(exc))
     except ValidationError as exc:
         error = exc.errors()[0]
         name = "TOKENHUB_" + "_".join(str(p) for p in error["loc"]).upper()
-        message = error["msg"].removeprefix("Value error, ")
-        print(f"tokenhub: configuration error: {name}: {message}", file=sys.stderr)  # noqa: T201
-        return 2
+        return _config_error(f"{name}: {error['msg'].removeprefix('Value error, ')}")
     configure_logging(settings.log_level, settings.log_format)
     if config_path is None:
         structlog.get_logger("tokenhub").warning(
             "no_config",
             detail="no providers/models file given (--config or TOKENHUB_CONFIG): nothing to route to",
         )
+    if args.command == "worker":
+        from tokenhub.app import run_worker
+
+        asyncio.run(run_worker(settings, catalog))
+        return 0
+    if args.command == "dev":
+        from tokenhub.devserver import local_temporal
+
+        with local_temporal(settings.temporal_host, settings.temporal_namespace, Path("data")):
+            return _serve(settings, catalog)
+    return _serve(settings, catalog)
+
+
+def _serve(settings: Settings, catalog: Catalog) -> int:
     from tokenhub.app import build_app
 
     app = build_app(settings, catalog)
@@ -60,3 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         server_header=False,
     )
     return 0
+
+
+def _config_error(message: str) -> int:
+    print(f"tokenhub: configuration error: {message}", file=sys.stderr)  # noqa: T201
+    return 2

@@ -35,6 +35,23 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     log_flush_interval_ms: int = Field(default=200, gt=0, le=60_000)
 
+    # Admin API: Authorization: Bearer <token>. Unset means the admin API refuses every request.
+    admin_token: str | None = Field(default=None, min_length=16)
+
+    # Temporal. The flag's start value only: PUT /admin/v1/temporal changes it, and the change persists.
+    temporal_enabled: bool = False
+    temporal_host: str = "localhost:7233"
+    temporal_namespace: str = "tokenhub"
+    temporal_task_queue: str = "tokenhub-tasks"
+    # Run a worker inside the gateway process (eager start needs it); false when `tokenhub worker` runs apart.
+    temporal_worker: bool = True
+    # Bounds on the Temporal path before a request falls back to the direct path.
+    temporal_start_timeout_ms: int = Field(default=2000, gt=0, le=60_000)
+    temporal_pickup_timeout_ms: int = Field(default=3000, gt=0, le=60_000)
+    # Consecutive Temporal faults that open the breaker, and how long it stays open before one probe.
+    temporal_breaker_threshold: int = Field(default=3, ge=1, le=1000)
+    temporal_breaker_cooldown_ms: int = Field(default=10_000, gt=0, le=3_600_000)
+
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:

@@ -119,7 +119,7 @@ class Engine:
     async def open_stream(self, request: ChatRequest, policy: Policy) -> ChatStream:
         candidates, estimate = self.plan(request, policy)
         started = time.monotonic()
-        deadline = started + self._deadline(policy)
+        deadline = started + self.request_deadline(policy)
         timeout = self._limits.attempt
 
         async def attempt(model: ModelSpec) -> tuple[AsyncIterator[Chunk], list[Chunk]]:
@@ -170,7 +170,7 @@ class Engine:
         queue = list(candidates)
         model = queue[0]
         try:
-            async with asyncio.timeout(self._deadline(policy)):
+            async with asyncio.timeout(self.request_deadline(policy)):
                 while queue:
                     model = queue.pop(0)
                     for retry in range(self._limits.transient_retries + 1):
@@ -192,7 +192,7 @@ class Engine:
             failures.append(
                 UpstreamError(
                     "timeout",
-                    f"request exceeded its {self._deadline(policy):g}s limit",
+                    f"request exceeded its {self.request_deadline(policy):g}s limit",
                     provider_id=model.provider_id,
                     model_id=model.id,
                 )
@@ -237,7 +237,8 @@ class Engine:
             },
         )
 
-    def _deadline(self, policy: Policy) -> float:
+    def request_deadline(self, policy: Policy) -> float:
+        """Seconds one request may take, failover included: the policy's latency budget, capped."""
         if policy.max_latency_ms is not None:
             return min(self._limits.request, policy.max_latency_ms / 1000)
         return self._limits.request

@@ -7,6 +7,7 @@ the upstream connection is closed with it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Protocol, TypeVar
@@ -20,7 +21,7 @@ from tokenhub.engine.providers.base import Chunk
 from tokenhub.gateway.errors import BodyTimeout, BodyTooLarge, reply_for
 from tokenhub.gateway.middleware import request_id_of
 from tokenhub.gateway.parsing import parse_chat_request
-from tokenhub.temporal_integration import CallContext
+from tokenhub.temporal_integration.records import CallContext, DispatchReport
 
 T = TypeVar("T")
 BODY_TIMEOUT_S = 30.0
@@ -58,27 +59,53 @@ class ChatCompletionsEndpoint:
         self._max_body = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx = CallContext(request_id=request_id_of(scope))
+        report = DispatchReport()
         try:
-            request = parse_chat_request(await _read_body(scope, receive, self._max_body))
+            body = await _read_body(scope, receive, self._max_body)
+            request = parse_chat_request(body)
+            ctx = _context(scope, body, report)
             policy = Policy(mode=self._default_mode)
             if request.stream:
                 stream = await _unless_disconnected(
                     receive, self._dispatcher.open_stream(request, policy, ctx)
                 )
-                await _send_stream(stream, receive, send)
+                await _send_stream(stream, receive, send, _dispatch_headers(report))
             else:
                 routed = await _unless_disconnected(receive, self._dispatcher.chat(request, policy, ctx))
-                await _send_completion(routed, send)
+                await _send_completion(routed, send, _dispatch_headers(report))
         except EngineError as exc:
-            await send_error(send, exc)
+            await send_error(send, exc, _dispatch_headers(report) if report.decided else [])
         except ClientGone:
             return
 
 
-async def send_error(send: Send, exc: BaseException) -> None:
+def _context(scope: Scope, body: bytes, report: DispatchReport) -> CallContext:
+    key = None
+    for name, value in scope["headers"]:
+        if name == b"idempotency-key":
+            key = value.decode("latin-1").strip()[:255] or None
+            break
+    return CallContext(
+        request_id=request_id_of(scope),
+        idempotency_key=key,
+        body_sha256=hashlib.sha256(body).hexdigest() if key else None,
+        report=report,
+    )
+
+
+def _dispatch_headers(report: DispatchReport) -> list[tuple[bytes, bytes]]:
+    headers = [(b"x-tokenhub-dispatch", report.path.encode())]
+    if report.workflow_id:
+        headers.append((b"x-tokenhub-workflow-id", report.workflow_id.encode()))
+    if report.replayed:
+        headers.append((b"x-tokenhub-idempotency-replay", b"true"))
+    return headers
+
+
+async def send_error(send: Send, exc: BaseException, extra: list[tuple[bytes, bytes]] | None = None) -> None:
     reply = reply_for(exc)
-    await send({"type": "http.response.start", "status": reply.status, "headers": reply.header_list()})
+    headers = [*reply.header_list(), *(extra or ())]
+    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
     await send({"type": "http.response.body", "body": reply.body_bytes()})
 
 
@@ -141,25 +168,27 @@ def _routing_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     ]
 
 
-async def _send_completion(routed: Routed, send: Send) -> None:
+async def _send_completion(routed: Routed, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
     body = routed.completion.model_dump(mode="json", exclude_unset=True)
     body["object"] = "chat.completion"
     body["model"] = routed.completion.model
     payload = orjson.dumps(body)
-    headers = [(b"content-type", b"application/json"), *_routing_headers(routed.decision)]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(payload)).encode()),
+        *_routing_headers(routed.decision),
+        *extra,
+    ]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
 
-async def _send_stream(stream: StreamHandle, receive: Receive, send: Send) -> None:
+async def _send_stream(
+    stream: StreamHandle, receive: Receive, send: Send, extra: list[tuple[bytes, bytes]]
+) -> None:
     """Send the stream as SSE, recording it once however it ends."""
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [*_SSE_HEADERS, *_routing_headers(stream.decision)],
-        }
-    )
+    headers = [*_SSE_HEADERS, *_routing_headers(stream.decision), *extra]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     client_gone, failure = False, None
     try:
         failure = await _unless_disconnected(receive, _pump(stream, send))

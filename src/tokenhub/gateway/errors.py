@@ -22,6 +22,7 @@ from tokenhub.engine import (
     RoutingFailed,
     UpstreamError,
 )
+from tokenhub.temporal_integration.records import IdempotencyConflict
 
 
 class BodyTimeout(EngineError):
@@ -75,6 +76,10 @@ def _too_large(exc: BodyTooLarge) -> ErrorReply:
 
 def _body_timeout(exc: BodyTimeout) -> ErrorReply:
     return ErrorReply(408, exc.message, "invalid_request_error", "request_timeout")
+
+
+def _idempotency_conflict(exc: IdempotencyConflict) -> ErrorReply:
+    return ErrorReply(409, exc.message, "invalid_request_error", "idempotency_key_reused")
 
 
 def _not_found(exc: ModelNotFound) -> ErrorReply:
@@ -150,6 +155,7 @@ _TABLE: dict[type[BaseException], Callable[[Any], ErrorReply]] = {
     InvalidRequest: _invalid,
     BodyTooLarge: _too_large,
     BodyTimeout: _body_timeout,
+    IdempotencyConflict: _idempotency_conflict,
     ModelNotFound: _not_found,
     NoEligibleModel: _no_eligible,
     UpstreamError: _upstream,

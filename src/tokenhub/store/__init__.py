@@ -1,7 +1,7 @@
 """Persistence. A leaf package: anyone may import it; it imports no other part of TokenHub."""
 
 from tokenhub.store.models import RequestLog
-from tokenhub.store.sql import SQLStore, Store
+from tokenhub.store.sql import SettingsStore, SQLStore, Store
 from tokenhub.store.writer import RequestLogWriter
 
-__all__ = ["RequestLog", "RequestLogWriter", "SQLStore", "Store"]
+__all__ = ["RequestLog", "RequestLogWriter", "SQLStore", "SettingsStore", "Store"]

@@ -33,3 +33,12 @@ request_logs = Table(
 )
 Index("ix_request_logs_created_at", request_logs.c.created_at)
 Index("ix_request_logs_request_id", request_logs.c.request_id)
+
+# Settings changed at runtime (the Temporal flag, …) that must outlive a restart.
+runtime_settings = Table(
+    "runtime_settings",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

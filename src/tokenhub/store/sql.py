@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -12,13 +13,19 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from tokenhub.store.models import RequestLog
-from tokenhub.store.schema import metadata, request_logs
+from tokenhub.store.schema import metadata, request_logs, runtime_settings
 
 
 class Store(Protocol):
     async def write_request_logs(self, rows: Sequence[RequestLog]) -> None: ...
 
     async def ping(self) -> None: ...
+
+
+class SettingsStore(Protocol):
+    async def get_setting(self, key: str) -> str | None: ...
+
+    async def set_setting(self, key: str, value: str) -> None: ...
 
 
 class SQLStore:
@@ -53,6 +60,21 @@ class SQLStore:
         statement = dialect.insert(request_logs).on_conflict_do_nothing(index_elements=["id"])
         async with self._engine.begin() as conn:
             await conn.execute(statement, [row.as_row() for row in rows])
+
+    async def get_setting(self, key: str) -> str | None:
+        query = select(runtime_settings.c.value).where(runtime_settings.c.key == key)
+        async with self._engine.connect() as conn:
+            return (await conn.execute(query)).scalar_one_or_none()
+
+    async def set_setting(self, key: str, value: str) -> None:
+        dialect = sqlite if self._is_sqlite else postgresql
+        row = {"key": key, "value": value, "updated_at": datetime.now(UTC)}
+        statement = dialect.insert(runtime_settings).values(row)
+        statement = statement.on_conflict_do_update(
+            index_elements=["key"], set_={"value": value, "updated_at": row["updated_at"]}
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(statement)
 
     async def request_logs(self, limit: int = 100) -> list[RequestLog]:
         """The newest ``limit`` rows, newest first."""

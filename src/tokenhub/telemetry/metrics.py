@@ -51,6 +51,24 @@ class Metrics:
             ["from_model", "error_class"],
             registry=r,
         )
+        self.dispatch = Counter(
+            "tokenhub_dispatch_total", "Requests by the way they were run.", ["path"], registry=r
+        )
+        self.temporal_up = Gauge(
+            "tokenhub_temporal_up", "1 while Temporal answers health checks.", registry=r
+        )
+        self.temporal_worker = Gauge(
+            "tokenhub_temporal_worker_running", "1 while this process runs a worker.", registry=r
+        )
+        self.temporal_circuit = Gauge(
+            "tokenhub_temporal_circuit_state", "Temporal breaker: 0 closed, 1 open, 2 half-open.", registry=r
+        )
+        self.temporal_fallbacks = Counter(
+            "tokenhub_temporal_fallback_total",
+            "Requests that should have run on Temporal but ran directly.",
+            ["reason"],
+            registry=r,
+        )
         self.provider_health = Gauge(
             "tokenhub_provider_health_state",
             "Provider health: 0 healthy, 1 degraded, 2 down.",
@@ -89,6 +107,28 @@ class Metrics:
 
     def failover(self, from_model: str, error_class: str) -> None:
         self.failovers.labels(from_model, error_class).inc()
+
+    def dispatched(self, path: str) -> None:
+        self.dispatch.labels(path).inc()
+
+    def temporal_fallback(self, reason: str) -> None:
+        self.temporal_fallbacks.labels(reason).inc()
+
+    def temporal_status(self, *, connected: bool, worker_running: bool) -> None:
+        self.temporal_up.set(1 if connected else 0)
+        self.temporal_worker.set(1 if worker_running else 0)
+
+    def temporal_fallback_counts(self) -> dict[str, int]:
+        """Fallbacks so far in this process, by reason."""
+        return {
+            sample.labels["reason"]: int(sample.value)
+            for metric in self.temporal_fallbacks.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_total")
+        }
+
+    def breaker_state(self, value: int) -> None:
+        self.temporal_circuit.set(value)
 
     def health_state(self, provider: str, state: str) -> None:
         self.provider_health.labels(provider).set(HEALTH_VALUES[state])

@@ -1,5 +1,6 @@
-"""How requests are run: directly against the engine now, durably through Temporal when that lands."""
+"""How requests are run: directly against the engine, or durably as Temporal workflows.
 
-from tokenhub.temporal_integration.dispatcher import CallContext, DirectDispatcher, RecordedStream
-
-__all__ = ["CallContext", "DirectDispatcher", "RecordedStream"]
+Modules: ``dispatcher`` (the per-request choice), ``direct`` (the in-process path), ``manager`` (client
+and worker lifecycle), ``breaker``, ``workflows``, ``activities``, ``types``, ``records``, ``flag``.
+Nothing is imported here: the workflow sandbox imports this package, and must not drag in I/O libraries.
+"""

@@ -1,255 +1,278 @@
-"""Dispatch: how a request that reached us gets run, and where it is recorded.
+"""Per request: Temporal or direct. Streams always go direct.
 
-The direct path calls the engine in-process and ends in the same ``log_result`` a Temporal workflow's
-LogResultActivity will use, so each request is recorded exactly once whichever way it went — success,
-engine error, client disconnect, or a stream that broke half way.
+Temporal is used when the flag is on, the client is connected and the breaker allows. The request falls
+back to the direct path only for Temporal faults — the start fails, no worker picks the workflow up within
+the pickup bound, the wait for the result breaks — and each fault counts against the breaker. A provider
+error inside the workflow is the request's result: it reaches the client exactly as the direct path would
+send it, the breaker counts it as a success, and nothing is re-sent.
+
+The one case that can call a provider twice: Temporal is lost after ChatActivity started. The fallback
+then runs the request directly; the abandoned workflow is terminated as soon as Temporal answers again,
+and its log write (same log id) is a no-op. It is counted as
+``tokenhub_temporal_fallback_total{reason="result_lost"}``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
+import hashlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Protocol
+from collections.abc import Callable
+from datetime import timedelta
 
-from tokenhub.engine import (
-    ChatRequest,
-    ChatStream,
-    Engine,
-    EngineError,
-    ModelNotFound,
-    NoEligibleModel,
-    Policy,
-    ResultRecorder,
-    Routed,
-    RoutingFailed,
-    TokenCount,
-    UpstreamError,
-)
-from tokenhub.engine.providers.base import Chunk
-from tokenhub.store import RequestLog
+import structlog
+from temporalio.api.enums.v1 import PendingWorkflowTaskState
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
 
-CLIENT_CLOSED = 499
+from tokenhub.engine import ChatRequest, Engine, EngineError, Policy, Routed
+from tokenhub.telemetry import EventBus, Metrics
+from tokenhub.temporal_integration.breaker import Breaker
+from tokenhub.temporal_integration.direct import DirectDispatcher, RecordedStream
+from tokenhub.temporal_integration.flag import TemporalFlag
+from tokenhub.temporal_integration.manager import TemporalManager
+from tokenhub.temporal_integration.records import CallContext, IdempotencyConflict
+from tokenhub.temporal_integration.types import CHAT_WORKFLOW, ChatInput, ChatOutput
 
+log = structlog.get_logger(__name__)
 
-@dataclass(frozen=True)
-class CallContext:
-    """Who is asking, and when they started asking (``time.monotonic()``)."""
-
-    request_id: str
-    api_key_id: str | None = None
-    started: float = field(default_factory=time.monotonic)
+MEMO_BODY = "body_sha256"
+# An abandoned workflow gets this long to be cancelled or terminated before we stop waiting for Temporal.
+CLEANUP_TIMEOUT_S = 1.0
+# Beyond the engine's own deadline: how long a workflow may live, and how long we wait for its result.
+EXECUTION_SLACK_S = 30.0
+RESULT_SLACK_S = 5.0
 
 
-class DirectDispatcher:
-    path = "direct"
+class _Fault(Exception):
+    """A Temporal fault: the request falls back to the direct path. ``reason`` labels the metric."""
 
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+class TemporalDispatcher:
     def __init__(
-        self, engine: Engine, recorder: ResultRecorder, status_of: Callable[[EngineError], int]
+        self,
+        direct: DirectDispatcher,
+        engine: Engine,
+        manager: TemporalManager,
+        breaker: Breaker,
+        flag: TemporalFlag,
+        metrics: Metrics,
+        events: EventBus,
+        *,
+        start_timeout_s: float,
+        pickup_timeout_s: float,
+        status_of: Callable[[EngineError], int],
     ) -> None:
-        """``status_of`` maps an engine error to the HTTP status the client gets (the gateway's table)."""
+        self._direct = direct
         self._engine = engine
-        self._recorder = recorder
+        self._manager = manager
+        self._breaker = breaker
+        self._flag = flag
+        self._metrics = metrics
+        self._events = events
+        self._start_timeout = start_timeout_s
+        self._pickup_timeout = pickup_timeout_s
         self._status_of = status_of
 
-    async def chat(self, request: ChatRequest, policy: Policy, ctx: CallContext) -> Routed:
-        try:
-            routed = await self._engine.route_and_send(request, policy)
-        except EngineError as exc:
-            await self._recorder.log_result(self._failure_row(ctx, request, policy, exc, stream=False))
-            raise
-        except asyncio.CancelledError:
-            await self._recorder.log_result(self._closed_row(ctx, request, policy, stream=False))
-            raise
-        decision = routed.decision
-        await self._recorder.log_result(
-            _row(
-                ctx,
-                policy,
-                path=self.path,
-                stream=False,
-                status=200,
-                model=decision.model_id,
-                provider=decision.provider_id,
-                reason=decision.reason,
-                attempts=decision.attempts,
-                tokens=routed.tokens,
-                cost_usd=routed.cost_usd,
-            )
-        )
-        return routed
-
     async def open_stream(self, request: ChatRequest, policy: Policy, ctx: CallContext) -> RecordedStream:
-        try:
-            stream = await self._engine.open_stream(request, policy)
-        except EngineError as exc:
-            await self._recorder.log_result(self._failure_row(ctx, request, policy, exc, stream=True))
-            raise
-        except asyncio.CancelledError:
-            await self._recorder.log_result(self._closed_row(ctx, request, policy, stream=True))
-            raise
-        return RecordedStream(stream, functools.partial(self._log_stream, ctx=ctx, policy=policy))
+        self._metrics.dispatched("direct")
+        return await self._direct.open_stream(request, policy, ctx)
 
-    async def _log_stream(
-        self,
-        stream: ChatStream,
-        *,
-        client_gone: bool,
-        error: UpstreamError | None,
-        ctx: CallContext,
-        policy: Policy,
-    ) -> None:
-        decision = stream.decision
-        error = error or stream.error
-        if stream.completed:
-            status, error_class, message = 200, None, None
-        elif error is not None:
-            status, error_class, message = self._status_of(error), error.error_class, error.message
-        elif client_gone:
-            status, error_class, message = CLIENT_CLOSED, None, "client closed the stream"
-        else:
-            status, error_class, message = CLIENT_CLOSED, None, "stream closed before it finished"
-        await self._recorder.log_result(
-            _row(
-                ctx,
-                policy,
-                path=self.path,
-                stream=True,
-                status=status,
-                model=decision.model_id,
-                provider=decision.provider_id,
-                reason=decision.reason,
-                attempts=decision.attempts,
-                tokens=stream.tokens(),
-                cost_usd=stream.cost_usd(),
-                ttft_ms=stream.ttft_ms,
-                error_class=error_class,
-                error_message=message,
+    async def chat(self, request: ChatRequest, policy: Policy, ctx: CallContext) -> Routed:
+        client = self._manager.client
+        if not self._flag.enabled or client is None or not self._breaker.allow():
+            if self._flag.enabled:
+                self._fell_back(ctx, "not_connected" if client is None else "breaker_open")
+            self._metrics.dispatched("direct")
+            return await self._direct.chat(request, policy, ctx)
+        try:
+            output = await self._run_workflow(client, request, policy, ctx)
+        except _Fault as fault:
+            self._breaker.record_failure()
+            self._fell_back(ctx, fault.reason, str(fault))
+            self._metrics.dispatched("direct")
+            return await self._direct.chat(request, policy, ctx)
+        except BaseException:
+            self._breaker.release()
+            raise
+        self._breaker.record_success()
+        self._metrics.dispatched("temporal")
+        if output.error is not None:
+            raise output.error.to_error()
+        if output.decision is None or output.response is None or output.tokens is None:
+            raise RuntimeError("workflow returned neither an answer nor an error")
+        return Routed(output.response, output.decision, output.tokens, output.cost_usd)
+
+    async def _run_workflow(
+        self, client: Client, request: ChatRequest, policy: Policy, ctx: CallContext
+    ) -> ChatOutput:
+        deadline = self._engine.request_deadline(policy)
+        chat = ChatInput(
+            request_id=ctx.request_id,
+            request=request,
+            policy=policy,
+            log_id=ctx.log_id,
+            api_key_id=ctx.api_key_id,
+            received_at=ctx.received_at,
+            timeout_s=deadline,
+        )
+        workflow_id = _workflow_id(ctx)
+        ctx.report.took("temporal", workflow_id)
+        handle: WorkflowHandle[object, ChatOutput] | None = None
+        started_at = time.monotonic()
+        try:
+            if ctx.idempotency_key:
+                handle, replay = await self._attach(client, workflow_id, ctx)
+                if replay is not None:
+                    ctx.report.replayed = True
+                    return replay
+            if handle is None:
+                handle = await self._start(client, chat, ctx)
+            self._events.publish(
+                "workflow_started",
+                {"workflow_id": workflow_id, "workflow_type": CHAT_WORKFLOW, "request_id": ctx.request_id},
             )
+            output = await self._result(handle, deadline + RESULT_SLACK_S)
+        except asyncio.CancelledError:
+            await self._cancel(client, ctx.report.workflow_id or workflow_id)
+            raise
+        except _Fault as fault:
+            if handle is not None:
+                self._manager.abandon(ctx.report.workflow_id or workflow_id)
+            self._events.publish("workflow_failed", {"workflow_id": workflow_id, "reason": fault.reason})
+            raise
+        self._events.publish(
+            "workflow_completed",
+            {
+                "workflow_id": workflow_id,
+                "workflow_type": CHAT_WORKFLOW,
+                "model_id": output.decision.model_id if output.decision else None,
+                "latency_ms": round((time.monotonic() - started_at) * 1000, 2),
+                "cost_usd": output.cost_usd,
+            },
         )
+        return output
 
-    def _failure_row(
-        self, ctx: CallContext, request: ChatRequest, policy: Policy, exc: EngineError, *, stream: bool
-    ) -> RequestLog:
-        model, provider, attempts = request.model or "auto", "", 0
-        if isinstance(exc, RoutingFailed):
-            model, provider, attempts = exc.last.model_id, exc.last.provider_id, len(exc.attempts)
-        return _row(
-            ctx,
-            policy,
-            path=self.path,
-            stream=stream,
-            status=self._status_of(exc),
-            model=model,
-            provider=provider,
-            reason="failed",
-            attempts=attempts,
-            tokens=TokenCount(0, 0),
-            cost_usd=0.0,
-            error_class=_error_kind(exc),
-            error_message=exc.message,
-        )
-
-    def _closed_row(
-        self, ctx: CallContext, request: ChatRequest, policy: Policy, *, stream: bool
-    ) -> RequestLog:
-        return _row(
-            ctx,
-            policy,
-            path=self.path,
-            stream=stream,
-            status=CLIENT_CLOSED,
-            model=request.model or "auto",
-            provider="",
-            reason="client-closed",
-            attempts=0,
-            tokens=TokenCount(0, 0),
-            cost_usd=0.0,
-            error_message="client closed the request",
-        )
-
-
-class RecordedStream:
-    """A ``ChatStream`` that is recorded exactly once, when it is closed. Always ``aclose()`` it."""
-
-    def __init__(self, stream: ChatStream, record: StreamRecorder) -> None:
-        self._stream = stream
-        self._record = record
-        self._closed = False
-        self.decision = stream.decision
-        self.deadline = stream.deadline
-
-    def __aiter__(self) -> AsyncIterator[Chunk]:
-        return aiter(self._stream)
-
-    async def aclose(self, *, client_gone: bool = False, error: UpstreamError | None = None) -> None:
-        """Close the upstream and record the outcome. ``error`` is a failure the caller imposed (a
-        deadline); ``client_gone`` says the client left. Safe to call more than once."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _start(
+        self, client: Client, chat: ChatInput, ctx: CallContext
+    ) -> WorkflowHandle[object, ChatOutput]:
+        """Start the workflow. With an Idempotency-Key a concurrent twin attaches to the same run (and is
+        checked for the same body); without one, an id already in use gets a unique suffix instead."""
+        workflow_id = ctx.report.workflow_id or _workflow_id(ctx)
         try:
-            await self._stream.aclose()
+            async with asyncio.timeout(self._start_timeout):
+                try:
+                    handle = await self._start_as(client, chat, ctx, workflow_id)
+                except WorkflowAlreadyStartedError:
+                    workflow_id = f"{workflow_id}-{uuid.uuid4().hex[:8]}"
+                    handle = await self._start_as(client, chat, ctx, workflow_id)
+                ctx.report.workflow_id = workflow_id
+                if ctx.idempotency_key:
+                    description = await handle.describe()
+                    if await description.memo_value(MEMO_BODY, None) != ctx.body_sha256:
+                        raise IdempotencyConflict
+                return handle
+        except (RPCError, RuntimeError, TimeoutError) as exc:
+            raise _Fault("start_failed", str(exc)[:200]) from exc
+
+    async def _start_as(
+        self, client: Client, chat: ChatInput, ctx: CallContext, workflow_id: str
+    ) -> WorkflowHandle[object, ChatOutput]:
+        idempotent = ctx.idempotency_key is not None
+        return await client.start_workflow(
+            CHAT_WORKFLOW,
+            chat,
+            id=workflow_id,
+            task_queue=self._manager.target.task_queue,
+            result_type=ChatOutput,
+            execution_timeout=timedelta(seconds=chat.timeout_s + EXECUTION_SLACK_S),
+            id_conflict_policy=(
+                WorkflowIDConflictPolicy.USE_EXISTING if idempotent else WorkflowIDConflictPolicy.FAIL
+            ),
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            memo={MEMO_BODY: ctx.body_sha256} if ctx.body_sha256 else None,
+            request_eager_start=self._manager.eager,
+        )
+
+    async def _result(self, handle: WorkflowHandle[object, ChatOutput], bound_s: float) -> ChatOutput:
+        """The workflow's output. Without a worker in this process, first make sure one picked it up."""
+        waiting = asyncio.ensure_future(handle.result())
+        try:
+            async with asyncio.timeout(bound_s):
+                if not self._manager.worker_running:
+                    done, _ = await asyncio.wait((waiting,), timeout=self._pickup_timeout)
+                    if not done and not await _picked_up(handle):
+                        raise _Fault(
+                            "no_worker", f"no worker took the workflow within {self._pickup_timeout:g}s"
+                        )
+                return await waiting
+        except (RPCError, TimeoutError) as exc:
+            raise _Fault("result_lost", str(exc)[:200] or "timed out waiting for the result") from exc
+        except WorkflowFailureError as exc:
+            raise _Fault("workflow_failed", str(exc.cause or exc)[:200]) from exc
         finally:
-            await self._record(self._stream, client_gone=client_gone, error=error)
+            waiting.cancel()
+
+    async def _attach(
+        self, client: Client, workflow_id: str, ctx: CallContext
+    ) -> tuple[WorkflowHandle[object, ChatOutput] | None, ChatOutput | None]:
+        """An earlier request with this Idempotency-Key: attach to it if it runs, replay its answer if it
+        finished well (or with a client error), run afresh if it failed. A different body is a 409."""
+        handle = client.get_workflow_handle(workflow_id, result_type=ChatOutput)
+        try:
+            async with asyncio.timeout(self._start_timeout):
+                description = await handle.describe()
+                body = await description.memo_value(MEMO_BODY, None)
+        except RPCError as exc:
+            if exc.status is not None and exc.status.name == "NOT_FOUND":
+                return None, None
+            raise _Fault("start_failed", str(exc)[:200]) from exc
+        except TimeoutError as exc:
+            raise _Fault("start_failed", "describe timed out") from exc
+        if body != ctx.body_sha256:
+            raise IdempotencyConflict
+        if description.status == WorkflowExecutionStatus.RUNNING:
+            return handle, None
+        if description.status == WorkflowExecutionStatus.COMPLETED:
+            output = await self._result(handle, self._start_timeout)
+            if output.error is None or self._status_of(output.error.to_error()) < 500:
+                return None, output
+        return None, None
+
+    async def _cancel(self, client: Client, workflow_id: str) -> None:
+        """The client left: cancel the workflow, which records the request as closed and stops the call."""
+        with contextlib.suppress(RPCError, RuntimeError, TimeoutError):
+            async with asyncio.timeout(CLEANUP_TIMEOUT_S):
+                await asyncio.shield(client.get_workflow_handle(workflow_id).cancel())
+
+    def _fell_back(self, ctx: CallContext, reason: str, detail: str = "") -> None:
+        self._metrics.temporal_fallback(reason)
+        self._events.publish("temporal_fallback", {"request_id": ctx.request_id, "reason": reason})
+        if reason in ("result_lost", "workflow_failed", "start_failed", "no_worker"):
+            log.warning("temporal_fallback", reason=reason, detail=detail, workflow_id=ctx.report.workflow_id)
 
 
-class StreamRecorder(Protocol):
-    async def __call__(
-        self, stream: ChatStream, *, client_gone: bool, error: UpstreamError | None
-    ) -> None: ...
+async def _picked_up(handle: WorkflowHandle[object, ChatOutput]) -> bool:
+    try:
+        description = await handle.describe(rpc_timeout=timedelta(seconds=1))
+    except RPCError:
+        return False
+    info = description.raw_description
+    started = info.pending_workflow_task.state == PendingWorkflowTaskState.PENDING_WORKFLOW_TASK_STATE_STARTED
+    return bool(started or info.workflow_execution_info.history_length > 2)
 
 
-def _row(
-    ctx: CallContext,
-    policy: Policy,
-    *,
-    path: str,
-    stream: bool,
-    status: int,
-    model: str,
-    provider: str,
-    reason: str,
-    attempts: int,
-    tokens: TokenCount,
-    cost_usd: float,
-    ttft_ms: float | None = None,
-    error_class: str | None = None,
-    error_message: str | None = None,
-) -> RequestLog:
-    return RequestLog(
-        id=str(uuid.uuid4()),
-        request_id=ctx.request_id,
-        created_at=datetime.now(UTC),
-        model=model,
-        provider=provider,
-        mode=policy.mode,
-        path=path,
-        stream=stream,
-        status=status,
-        reason=reason,
-        attempts=attempts,
-        input_tokens=tokens.input_tokens,
-        output_tokens=tokens.output_tokens,
-        tokens_estimated=tokens.estimated,
-        cost_usd=cost_usd,
-        latency_ms=(time.monotonic() - ctx.started) * 1000,
-        ttft_ms=ttft_ms,
-        error_class=error_class,
-        error_message=error_message,
-        api_key_id=ctx.api_key_id,
-    )
-
-
-def _error_kind(exc: EngineError) -> str:
-    if isinstance(exc, (RoutingFailed, UpstreamError)):
-        return exc.error_class
-    if isinstance(exc, ModelNotFound):
-        return "model_not_found"
-    if isinstance(exc, NoEligibleModel):
-        return "no_eligible_model"
-    return "invalid_request"
+def _workflow_id(ctx: CallContext) -> str:
+    if ctx.idempotency_key:
+        # The key is scoped to the caller, so two clients' keys never meet.
+        scope = f"{ctx.api_key_id or '-'}\0{ctx.idempotency_key}".encode()
+        return f"chat-idem-{hashlib.sha256(scope).hexdigest()[:40]}"
+    return f"chat-{ctx.request_id}"

@@ -1,0 +1,135 @@
+"""The direct path: the engine called in-process, the outcome recorded by the same ``log_result`` that a
+Temporal workflow's LogResultActivity uses — once per request, however it ended."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+from tokenhub.engine import (
+    ChatRequest,
+    ChatStream,
+    Engine,
+    EngineError,
+    Policy,
+    ResultRecorder,
+    Routed,
+    UpstreamError,
+)
+from tokenhub.engine.providers.base import Chunk
+from tokenhub.store import RequestLog
+from tokenhub.temporal_integration.records import (
+    CLIENT_CLOSED,
+    CallContext,
+    Origin,
+    closed_row,
+    error_row,
+    routed_row,
+    row,
+)
+
+
+class DirectDispatcher:
+    def __init__(
+        self, engine: Engine, recorder: ResultRecorder, status_of: Callable[[EngineError], int]
+    ) -> None:
+        """``status_of`` maps an engine error to the HTTP status the client gets (the gateway's table)."""
+        self._engine = engine
+        self._recorder = recorder
+        self._status_of = status_of
+
+    async def chat(self, request: ChatRequest, policy: Policy, ctx: CallContext) -> Routed:
+        ctx.report.took("direct")
+        origin = Origin.of(ctx, policy, requested_model=request.model, stream=False)
+        try:
+            routed = await self._engine.route_and_send(request, policy)
+        except EngineError as exc:
+            await self._recorder.log_result(
+                error_row(origin, exc, path="direct", status=self._status_of(exc))
+            )
+            raise
+        except asyncio.CancelledError:
+            await self._recorder.log_result(closed_row(origin, path="direct"))
+            raise
+        await self._recorder.log_result(routed_row(origin, routed, path="direct"))
+        return routed
+
+    async def open_stream(self, request: ChatRequest, policy: Policy, ctx: CallContext) -> RecordedStream:
+        ctx.report.took("direct")
+        origin = Origin.of(ctx, policy, requested_model=request.model, stream=True)
+        try:
+            stream = await self._engine.open_stream(request, policy)
+        except EngineError as exc:
+            await self._recorder.log_result(
+                error_row(origin, exc, path="direct", status=self._status_of(exc))
+            )
+            raise
+        except asyncio.CancelledError:
+            await self._recorder.log_result(closed_row(origin, path="direct"))
+            raise
+
+        async def record(stream: ChatStream, *, client_gone: bool, error: UpstreamError | None) -> None:
+            await self._recorder.log_result(
+                self._stream_row(origin, stream, client_gone=client_gone, error=error)
+            )
+
+        return RecordedStream(stream, record)
+
+    def _stream_row(
+        self, origin: Origin, stream: ChatStream, *, client_gone: bool, error: UpstreamError | None
+    ) -> RequestLog:
+        error = error or stream.error
+        if stream.completed:
+            status, error_class, message = 200, None, None
+        elif error is not None:
+            status, error_class, message = self._status_of(error), error.error_class, error.message
+        else:
+            gone = "client closed the stream" if client_gone else "stream closed before it finished"
+            status, error_class, message = CLIENT_CLOSED, None, gone
+        decision = stream.decision
+        return row(
+            origin,
+            path="direct",
+            status=status,
+            model=decision.model_id,
+            provider=decision.provider_id,
+            reason=decision.reason,
+            attempts=decision.attempts,
+            tokens=stream.tokens(),
+            cost_usd=stream.cost_usd(),
+            ttft_ms=stream.ttft_ms,
+            error_class=error_class,
+            error_message=message,
+        )
+
+
+class StreamRecorder(Protocol):
+    async def __call__(
+        self, stream: ChatStream, *, client_gone: bool, error: UpstreamError | None
+    ) -> None: ...
+
+
+class RecordedStream:
+    """A ``ChatStream`` that is recorded exactly once, when it is closed. Always ``aclose()`` it."""
+
+    def __init__(self, stream: ChatStream, record: StreamRecorder) -> None:
+        self._stream = stream
+        self._record = record
+        self._closed = False
+        self.decision = stream.decision
+        self.deadline = stream.deadline
+
+    def __aiter__(self) -> AsyncIterator[Chunk]:
+        return aiter(self._stream)
+
+    async def aclose(self, *, client_gone: bool = False, error: UpstreamError | None = None) -> None:
+        """Close the upstream and record the outcome. ``error`` is a failure the caller imposed (a
+        deadline); ``client_gone`` says the client left. Safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._stream.aclose()
+        finally:
+            await self._record(self._stream, client_gone=client_gone, error=error)
