@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.server import ServerThread
+from tests.temporal_server import DevServer
 from tokenhub.app import Components, build_app
 from tokenhub.config import Settings, load_catalog
 from tokenhub.telemetry import configure_logging
@@ -42,6 +44,25 @@ class Gateway:
             conn.row_factory = sqlite3.Row
             rows = conn.execute("SELECT * FROM request_logs ORDER BY created_at").fetchall()
         return [dict(row) for row in rows]
+
+
+@pytest.fixture(scope="session")
+def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    """One real Temporal dev server for the session; tests keep apart by task queue."""
+    server = DevServer(tmp_path_factory.mktemp("temporal")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until true, or fail after ``timeout`` seconds (a bound, not a measurement)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
 
 
 @pytest.fixture

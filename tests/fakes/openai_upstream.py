@@ -7,7 +7,6 @@ stream, or no answer at all. The fake records every request body and whether a s
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +43,7 @@ def completion(
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
-        "created": int(time.time()),
+        "created": 1_700_000_000,
         "model": model,
         "system_fingerprint": "fp_fake",
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],

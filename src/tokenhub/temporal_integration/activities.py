@@ -7,6 +7,7 @@ something Temporal should retry.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -32,14 +33,35 @@ class Activities:
         self._engine = engine
         self._recorder = recorder
         self._status_of = status_of
+        self._running: dict[str, asyncio.Task[object]] = {}
+
+    def interrupt(self, log_id: str) -> bool:
+        """Stop the ChatActivity of request ``log_id`` if it runs in this process (its client left).
+
+        A local activity hears of a workflow cancellation only when its workflow task ends, so the
+        gateway, whose worker runs it, stops it directly. True if it was running here."""
+        task = self._running.get(log_id)
+        if task is None:
+            return False
+        task.cancel()
+        return True
 
     @activity.defn(name=CHAT_ACTIVITY)
     async def chat(self, chat: ChatInput) -> ChatOutput:
         started = time.monotonic()
+        task = asyncio.current_task()
+        if task is not None:
+            self._running[chat.log_id] = task
         try:
             routed = await self._engine.route_and_send(chat.request, chat.policy)
         except EngineError as exc:
             return ChatOutput(error=ErrorInfo.of(exc), latency_ms=(time.monotonic() - started) * 1000)
+        except asyncio.CancelledError:
+            if activity.is_worker_shutdown():
+                raise  # not the client's doing: let the next worker run it
+            return ChatOutput(cancelled=True, latency_ms=(time.monotonic() - started) * 1000)
+        finally:
+            self._running.pop(chat.log_id, None)
         return ChatOutput(
             decision=routed.decision,
             response=routed.completion,

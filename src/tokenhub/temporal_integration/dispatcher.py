@@ -142,7 +142,10 @@ class TemporalDispatcher:
             )
             output = await self._result(handle, deadline + RESULT_SLACK_S)
         except asyncio.CancelledError:
-            await self._cancel(client, ctx.report.workflow_id or workflow_id)
+            # The client left. Our own worker's activity stops at once; a workflow run elsewhere is
+            # cancelled through Temporal. Either way it records the request as closed.
+            if not self._manager.interrupt(ctx.log_id):
+                await self._cancel(client, ctx.report.workflow_id or workflow_id)
             raise
         except _Fault as fault:
             if handle is not None:

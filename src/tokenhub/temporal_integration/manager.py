@@ -101,6 +101,10 @@ class TemporalManager:
         self._set_status(connected=False)
         self._client = None
 
+    def interrupt(self, log_id: str) -> bool:
+        """Stop request ``log_id``'s ChatActivity if this process's worker runs it."""
+        return self._activities is not None and self._activities.interrupt(log_id)
+
     def abandon(self, workflow_id: str) -> None:
         """Stop ``workflow_id`` when Temporal next answers: its request was answered another way."""
         if len(self._abandoned) < MAX_ABANDONED:

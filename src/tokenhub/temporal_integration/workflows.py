@@ -8,6 +8,7 @@ regular activities). The history still names each one (a MarkerRecorded event pe
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
@@ -52,14 +53,20 @@ class ChatWorkflow:
         except BaseException as exc:
             if not is_cancelled_exception(exc):
                 raise
-            # The client went away and the gateway cancelled us: record that, then end as cancelled.
-            await self._log(LogInput(chat=chat, output=ChatOutput(cancelled=True)))
-            raise
-        await self._log(LogInput(chat=chat, output=output))
+            # The client went away and the gateway cancelled us: the request is recorded as closed.
+            output = ChatOutput(cancelled=True)
+        await _log_come_what_may(LogInput(chat=chat, output=output))
         return output
 
-    @staticmethod
-    async def _log(log: LogInput) -> None:
-        await workflow.execute_local_activity(
-            LOG_RESULT_ACTIVITY, log, start_to_close_timeout=LOG_TIMEOUT, retry_policy=LOG_RETRY
-        )
+
+async def _log_come_what_may(log: LogInput) -> None:
+    """Record the outcome even if a cancellation arrives meanwhile: every request is logged once."""
+    logging = workflow.start_local_activity(
+        LOG_RESULT_ACTIVITY, log, start_to_close_timeout=LOG_TIMEOUT, retry_policy=LOG_RETRY
+    )
+    while True:
+        try:
+            await asyncio.shield(logging)
+            return
+        except asyncio.CancelledError:
+            continue
