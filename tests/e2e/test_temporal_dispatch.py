@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -28,15 +29,20 @@ BODY = {"model": "m1", "messages": [{"role": "user", "content": "hello"}]}
 
 
 def temporal_settings(server: DevServer, **extra: Any) -> dict[str, Any]:
-    return {"temporal_enabled": True, "temporal_host": server.host, "admin_token": ADMIN,
-            "temporal_task_queue": f"tq-{uuid.uuid4().hex}", **extra}
+    return {
+        "temporal_enabled": True,
+        "temporal_host": server.host,
+        "admin_token": ADMIN,
+        "temporal_task_queue": f"tq-{uuid.uuid4().hex}",
+        **extra,
+    }
 
 
 def start_temporal_gateway(start_gateway: Any, url: str, server: DevServer, **extra: Any) -> Any:
     gateway = start_gateway(CATALOG.format(url=url), **temporal_settings(server, **extra))
     manager = gateway.components.manager
     worker = extra.get("temporal_worker", True)
-    wait_until(lambda: manager.connected and (manager.worker_running or not worker), what="Temporal connection")
+    wait_until(lambda: manager.connected and (manager.worker_running or not worker), what="Temporal up")
     return gateway
 
 
@@ -45,9 +51,21 @@ def post(gateway: Any, body: Any = BODY, **headers: str) -> httpx.Response:
 
 
 def set_flag(gateway: Any, enabled: bool) -> dict[str, Any]:
-    response = httpx.put(f"{gateway.url}/admin/v1/temporal", json={"enabled": enabled},
-                         headers={"authorization": f"Bearer {ADMIN}"}, timeout=10)
+    response = httpx.put(
+        f"{gateway.url}/admin/v1/temporal",
+        json={"enabled": enabled},
+        headers={"authorization": f"Bearer {ADMIN}"},
+        timeout=10,
+    )
     assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def admin_status(gateway: Any) -> dict[str, Any]:
+    response = httpx.get(
+        f"{gateway.url}/admin/v1/temporal", headers={"authorization": f"Bearer {ADMIN}"}, timeout=10
+    )
     result: dict[str, Any] = response.json()
     return result
 
@@ -64,7 +82,7 @@ async def history_summary(client: Client, workflow_id: str) -> list[str]:
         name = EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
         if event.HasField("marker_recorded_event_attributes"):
             data = event.marker_recorded_event_attributes.details["data"].payloads[0].data
-            name += ":" + __import__("json").loads(data)["activity_type"]
+            name += ":" + json.loads(data)["activity_type"]
         summary.append(name)
     return summary
 
@@ -108,8 +126,9 @@ async def test_streaming_never_starts_a_workflow(
 ) -> None:
     _, url = upstream
     gateway = start_temporal_gateway(start_gateway, url, temporal_server)
-    with httpx.stream("POST", f"{gateway.v1}/chat/completions", json={**BODY, "stream": True},
-                      timeout=30) as response:
+    with httpx.stream(
+        "POST", f"{gateway.v1}/chat/completions", json={**BODY, "stream": True}, timeout=30
+    ) as response:
         response.read()
     assert response.headers["x-tokenhub-dispatch"] == "direct"
     client = await temporal_client(temporal_server)
@@ -166,8 +185,9 @@ async def test_the_flag_flips_at_runtime_and_persists_across_restarts(
     wait_until(lambda: second.components.manager.connected, what="Temporal connection")
     assert post(second).headers["x-tokenhub-dispatch"] == "temporal"
     second.stop()
-    third = start_gateway(CATALOG.format(url=url), **temporal_settings(temporal_server, db_url=db,
-                                                                         temporal_enabled=False))
+    third = start_gateway(
+        CATALOG.format(url=url), **temporal_settings(temporal_server, db_url=db, temporal_enabled=False)
+    )
     wait_until(lambda: third.components.manager.connected, what="Temporal connection")
     assert post(third).headers["x-tokenhub-dispatch"] == "temporal"
 
@@ -197,8 +217,9 @@ async def test_without_a_worker_the_request_falls_back_within_the_pickup_bound(
     upstream: tuple[FakeOpenAI, str], start_gateway: Any, temporal_server: DevServer
 ) -> None:
     fake, url = upstream
-    gateway = start_temporal_gateway(start_gateway, url, temporal_server, temporal_worker=False,
-                                     temporal_pickup_timeout_ms=500)
+    gateway = start_temporal_gateway(
+        start_gateway, url, temporal_server, temporal_worker=False, temporal_pickup_timeout_ms=500
+    )
     response = post(gateway)
     assert response.status_code == 200
     assert response.headers["x-tokenhub-dispatch"] == "direct"
@@ -215,9 +236,7 @@ async def test_without_a_worker_the_request_falls_back_within_the_pickup_bound(
             break
         await asyncio.sleep(0.05)
     assert await status() == WorkflowExecutionStatus.TERMINATED
-    fallbacks = httpx.get(f"{gateway.url}/admin/v1/temporal", headers={"authorization": f"Bearer {ADMIN}"},
-                          timeout=10).json()["fallbacks"]
-    assert fallbacks == {"no_worker": 1}
+    assert admin_status(gateway)["fallbacks"] == {"no_worker": 1}
     gateway.stop()
     (row,) = gateway.request_logs()
     assert row["path"] == "direct" and row["status"] == 200
