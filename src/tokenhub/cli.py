@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from types import FrameType
 
 import structlog
 import uvicorn
@@ -72,9 +73,8 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(settings: Settings, catalog: Catalog) -> int:
     from tokenhub.app import build_app
 
-    app = build_app(settings, catalog)
-    uvicorn.run(
-        app,
+    config = uvicorn.Config(
+        build_app(settings, catalog),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -84,7 +84,18 @@ def _serve(settings: Settings, catalog: Catalog) -> int:
         lifespan="on",
         server_header=False,
     )
+    _Server(config).run()
     return 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that SIGINT/SIGTERM end ``run()`` after the graceful shutdown instead of
+    being raised again: ``tokenhub dev`` must still stop its Temporal server, and exit status 0 says
+    the shutdown was clean."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
 
 
 def _config_error(message: str) -> int:

@@ -76,7 +76,12 @@ def local_temporal(host: str, namespace: str, data_dir: Path) -> Iterator[None]:
         return
     data_dir.mkdir(parents=True, exist_ok=True)
     command = dev_server_command(
-        cli, port=port, namespace=namespace, db_file=data_dir / "temporal.db", ui_port=8233
+        # The UI where the temporal CLI puts it by default: port + 1000 (8233 for the usual 7233).
+        cli,
+        port=port,
+        namespace=namespace,
+        db_file=data_dir / "temporal.db",
+        ui_port=port + 1000,
     )
     with (data_dir / "temporal.log").open("ab") as output:
         process = subprocess.Popen(command, stdout=output, stderr=output)  # noqa: S603 - our own CLI
@@ -86,7 +91,9 @@ def local_temporal(host: str, namespace: str, data_dir: Path) -> Iterator[None]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the Temporal dev server did not start; see {data_dir / 'temporal.log'}")
             time.sleep(0.1)
-        log.info("temporal_dev_server_started", host=host, pid=process.pid, ui="http://127.0.0.1:8233")
+        log.info(
+            "temporal_dev_server_started", host=host, pid=process.pid, ui=f"http://127.0.0.1:{port + 1000}"
+        )
         yield
     finally:
         process.terminate()

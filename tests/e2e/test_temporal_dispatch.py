@@ -260,3 +260,45 @@ async def test_a_client_that_hangs_up_cancels_the_workflow_and_the_upstream_call
     gateway.stop()
     (row,) = gateway.request_logs()
     assert row["status"] == 499 and row["path"] == "temporal"
+
+
+def test_the_admin_api_needs_the_token_and_is_closed_without_one(
+    upstream: tuple[FakeOpenAI, str], start_gateway: Any
+) -> None:
+    _, url = upstream
+    closed = start_gateway(CATALOG.format(url=url))
+    response = httpx.get(
+        f"{closed.url}/admin/v1/temporal", headers={"authorization": f"Bearer {ADMIN}"}, timeout=5
+    )
+    assert response.status_code == 403
+    assert set(response.json()["error"]) == {"message", "type"}
+    guarded = start_gateway(CATALOG.format(url=url), admin_token=ADMIN)
+    for headers in ({}, {"authorization": "Bearer wrong-token-0123456789"}, {"authorization": ADMIN}):
+        refused = httpx.put(
+            f"{guarded.url}/admin/v1/temporal", json={"enabled": True}, headers=headers, timeout=5
+        )
+        assert refused.status_code == 401
+    assert admin_status(guarded)["enabled"] is False  # nothing changed
+    bad = httpx.put(
+        f"{guarded.url}/admin/v1/temporal",
+        json={"enabled": "yes"},
+        headers={"authorization": f"Bearer {ADMIN}"},
+        timeout=5,
+    )
+    assert bad.status_code == 400 and "enabled" in bad.json()["error"]["message"]
+
+
+def test_prometheus_shows_the_dispatch_path_and_temporal_state(
+    upstream: tuple[FakeOpenAI, str], start_gateway: Any, temporal_server: DevServer
+) -> None:
+    _, url = upstream
+    gateway = start_temporal_gateway(start_gateway, url, temporal_server)
+    post(gateway)
+    text = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+    assert 'tokenhub_dispatch_total{path="temporal"} 1.0' in text
+    assert "tokenhub_temporal_up 1.0" in text
+    assert "tokenhub_temporal_circuit_state 0.0" in text
+    assert (
+        'tokenhub_requests_total{mode="normal",model="m1",path="temporal",provider="up",status="200"} 1.0'
+        in text
+    )

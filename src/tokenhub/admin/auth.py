@@ -28,7 +28,9 @@ class AdminAuth:
         presented = b""
         for name, value in scope["headers"]:
             if name == b"authorization":
-                presented = value.removeprefix(b"Bearer ").removeprefix(b"bearer ").strip()
+                scheme, _, credentials = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    presented = credentials.strip()
                 break
         if not hmac.compare_digest(presented, self._token):
             await _refuse(send, 401, "Missing or invalid admin token (Authorization: Bearer <token>).")
