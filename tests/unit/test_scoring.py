@@ -7,7 +7,7 @@ import pytest
 from tokenhub.config import Mode
 from tokenhub.engine import HealthTracker, ModelSpec, Policy, UpstreamError
 from tokenhub.engine.health import HealthState, counts_against_provider
-from tokenhub.engine.scoring import Estimate, ineligibility, rank
+from tokenhub.engine.scoring import Estimate, ineligibility, output_cap, rank
 
 
 class FakeClock:
@@ -144,15 +144,25 @@ def test_the_requested_output_limit_counts_against_the_context_window(health: He
     assert ineligibility(model, Policy(), Estimate(400, 600), health) == "context_window"  # 440 + 600
 
 
-def test_a_model_whose_estimated_cost_exceeds_the_budget_is_ineligible(health: HealthTracker) -> None:
-    # 1000 input tokens at 0.01/1k = 0.01; output at 0.03/1k.
+def test_a_budget_caps_the_output_and_rules_out_models_that_cannot_say_anything(
+    health: HealthTracker,
+) -> None:
+    # 1000 estimated input tokens, counted as 1100 for safety, at 0.01/1k = 0.011; output at 0.03/1k.
     model = spec("dear", input_per_1k=0.01, output_per_1k=0.03)
 
-    # No output limit: 512 output tokens are assumed, 0.01 + 0.01536 = 0.02536.
-    assert ineligibility(model, Policy(max_budget_usd=0.025), Estimate(1000, None), health) == "budget"
-    assert ineligibility(model, Policy(max_budget_usd=0.026), Estimate(1000, None), health) is None
-    # With max_tokens 100: 0.01 + 0.003 = 0.013.
-    assert ineligibility(model, Policy(max_budget_usd=0.014), Estimate(1000, 100), health) is None
+    # The prompt alone eats the budget: nothing left to answer with.
+    assert ineligibility(model, Policy(max_budget_usd=0.011), Estimate(1000, None), health) == "budget"
+    # 0.001 left buys 33 output tokens: worth a call, and the call is capped at 33.
+    assert ineligibility(model, Policy(max_budget_usd=0.012), Estimate(1000, None), health) is None
+    assert output_cap(model, Policy(max_budget_usd=0.012), Estimate(1000, None)) == 33
+    # The client's own max_tokens stands when the budget affords it...
+    assert output_cap(model, Policy(max_budget_usd=0.02), Estimate(1000, 100)) == 100
+    # ...and is cut to what the budget affords when it does not (0.0016 / 0.03 per 1k = 53.3, rounded down).
+    assert output_cap(model, Policy(max_budget_usd=0.0126), Estimate(1000, 100)) == 53
+    # Fewer than 16 affordable tokens is not a useful answer.
+    assert ineligibility(model, Policy(max_budget_usd=0.0112), Estimate(1000, 100), health) == "budget"
+    # Without a budget nothing is capped.
+    assert output_cap(model, Policy(), Estimate(1000, None)) is None
 
 
 def test_a_model_on_a_provider_that_is_down_is_ineligible_until_the_cooldown_ends(

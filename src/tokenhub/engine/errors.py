@@ -5,7 +5,9 @@ EngineError
 ├── ModelNotFound       the client named a model nobody configured
 ├── NoEligibleModel     models exist, but none may take this request now (context, budget, health)
 ├── UpstreamError       one upstream call failed; ``error_class`` says how
-└── RoutingFailed       every candidate was tried and failed; carries the attempts
+├── RoutingFailed       every candidate was tried and failed; carries the attempts
+├── OutputInvalid       an answer came back but fails the requested format or JSON Schema
+└── PhaseFailed         one phase of an orchestration failed; carries the phase and its cause
 """
 
 from __future__ import annotations
@@ -117,3 +119,35 @@ class RoutingFailed(EngineError):
         """Every attempt was refused by an upstream as a bad request (400/422): the request, not the
         providers, is at fault."""
         return all(a.error_class == "fatal" and a.status in (400, 422) for a in self.attempts)
+
+
+class OutputInvalid(EngineError):
+    """The answer does not match the requested output format or JSON Schema. The call was made (and
+    paid for): ``model_id``, ``provider_id``, ``input_tokens``, ``output_tokens`` and ``cost_usd`` say so."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model_id: str = "",
+        provider_id: str = "",
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_usd: float = 0.0,
+    ) -> None:
+        super().__init__(message)
+        self.model_id = model_id
+        self.provider_id = provider_id
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+        self.cost_usd = cost_usd
+
+
+class PhaseFailed(EngineError):
+    """A phase of an orchestration failed: ``phase`` names it (``adversarial critique``), ``cause`` is the
+    error that ended it and decides the HTTP status."""
+
+    def __init__(self, phase: str, cause: EngineError) -> None:
+        super().__init__(f"{phase} phase: {cause.message}")
+        self.phase = phase
+        self.cause = cause

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -20,7 +20,7 @@ from tokenhub.engine.errors import ModelNotFound, NoEligibleModel, RoutingFailed
 from tokenhub.engine.health import HealthTracker
 from tokenhub.engine.providers.base import Chunk, estimate_tokens
 from tokenhub.engine.registry import ModelSpec, Registry
-from tokenhub.engine.scoring import Estimate, ineligibility, rank
+from tokenhub.engine.scoring import Estimate, ineligibility, output_cap, rank
 from tokenhub.engine.streaming import ChatStream, ChunkNormaliser, is_substantive
 from tokenhub.engine.types import ChatCompletion, ChatRequest, Decision, Policy, TokenCount
 from tokenhub.telemetry import EventBus, Metrics
@@ -68,8 +68,11 @@ class Engine:
         self._limits = limits
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
 
-    def plan(self, request: ChatRequest, policy: Policy) -> tuple[list[ModelSpec], Estimate]:
-        """The models to try, best first. A named model goes first when it may take the request.
+    def plan(
+        self, request: ChatRequest, policy: Policy, *, pin: bool = False, exclude: Collection[str] = ()
+    ) -> tuple[list[ModelSpec], Estimate]:
+        """The models to try, best first. A named model goes first when it may take the request; with
+        ``pin`` it is the only one. Models in ``exclude`` are never tried.
 
         Raises ``ModelNotFound`` for an unknown name and ``NoEligibleModel`` when nothing may serve.
         """
@@ -81,7 +84,8 @@ class Engine:
         estimate = Estimate(input_tokens=_estimate_input(request), output_limit=request.output_limit)
         eligible: list[ModelSpec] = []
         reasons = {}
-        for model in self.registry.routable():
+        considered = (named,) if pin and named is not None else self.registry.routable()
+        for model in (m for m in considered if m.id not in exclude):
             why = ineligibility(model, policy, estimate, self.health)
             if why is None:
                 eligible.append(model)
@@ -100,14 +104,18 @@ class Engine:
             raise NoEligibleModel(reasons, retry_after=min(waits) if waits else None)
         return ranked, estimate
 
-    async def route_and_send(self, request: ChatRequest, policy: Policy) -> Routed:
-        candidates, estimate = self.plan(request, policy)
+    async def route_and_send(
+        self, request: ChatRequest, policy: Policy, *, pin: bool = False, exclude: Collection[str] = ()
+    ) -> Routed:
+        """Answer ``request``; ``pin`` and ``exclude`` as in ``plan``."""
+        candidates, estimate = self.plan(request, policy, pin=pin, exclude=exclude)
         timeout = self._limits.attempt
 
         async def attempt(model: ModelSpec) -> ChatCompletion:
             provider = self.registry.provider(model.provider_id)
             started = time.monotonic()
-            completion = await provider.send(request, model.target, timeout)
+            capped = _within_budget(request, output_cap(model, policy, estimate))
+            completion = await provider.send(capped, model.target, timeout)
             self.health.record_success(model.provider_id, (time.monotonic() - started) * 1000)
             return completion
 
@@ -124,7 +132,8 @@ class Engine:
 
         async def attempt(model: ModelSpec) -> tuple[AsyncIterator[Chunk], list[Chunk]]:
             provider = self.registry.provider(model.provider_id)
-            upstream = aiter(provider.stream(request, model.target, timeout))
+            capped = _within_budget(request, output_cap(model, policy, estimate))
+            upstream = aiter(provider.stream(capped, model.target, timeout))
             prefix: list[Chunk] = []
             try:
                 async with asyncio.timeout(timeout):
@@ -245,6 +254,14 @@ class Engine:
 
     def _backoff(self, retry: int) -> float:
         return self._limits.backoff_base * (2.0**retry) * self._rng.uniform(0.5, 1.5)
+
+
+def _within_budget(request: ChatRequest, cap: int | None) -> ChatRequest:
+    """``request`` with its output limited to ``cap`` tokens (what the budget affords), if it asked more."""
+    if cap is None or (request.output_limit is not None and request.output_limit <= cap):
+        return request
+    field = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
+    return request.model_copy(update={field: cap})
 
 
 def _estimate_input(request: ChatRequest) -> int:

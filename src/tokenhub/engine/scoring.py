@@ -38,6 +38,20 @@ class Estimate:
         return self.output_limit or DEFAULT_OUTPUT_ESTIMATE
 
 
+# Below this many affordable output tokens a model is not worth calling under a budget.
+MIN_USEFUL_OUTPUT = 16
+
+
+def output_cap(model: ModelSpec, policy: Policy, estimate: Estimate) -> int | None:
+    """The most output tokens ``model`` may generate within ``policy.max_budget_usd``, or None when the
+    budget does not constrain it. Sent as the call's max_tokens, it makes the budget a hard limit."""
+    if policy.max_budget_usd is None or model.output_per_1k <= 0:
+        return None
+    input_cost = int(estimate.input_tokens * CONTEXT_SAFETY) / 1000 * model.input_per_1k
+    affordable = int((policy.max_budget_usd - input_cost) / model.output_per_1k * 1000)
+    return affordable if estimate.output_limit is None else min(affordable, estimate.output_limit)
+
+
 def ineligibility(
     model: ModelSpec, policy: Policy, estimate: Estimate, health: HealthTracker
 ) -> IneligibleReason | None:
@@ -46,9 +60,8 @@ def ineligibility(
         return "min_weight"
     if int(estimate.input_tokens * CONTEXT_SAFETY) + (estimate.output_limit or 0) > model.max_context_tokens:
         return "context_window"
-    if policy.max_budget_usd is not None and (
-        model.cost_usd(estimate.input_tokens, estimate.output_tokens) > policy.max_budget_usd
-    ):
+    budget = policy.max_budget_usd
+    if budget is not None and not _affordable(model, budget, output_cap(model, policy, estimate), estimate):
         return "budget"
     if not health.is_available(model.provider_id):
         return "unhealthy"
@@ -56,6 +69,12 @@ def ineligibility(
     if policy.max_latency_ms is not None and latency is not None and latency > policy.max_latency_ms:
         return "latency"
     return None
+
+
+def _affordable(model: ModelSpec, budget: float, cap: int | None, estimate: Estimate) -> bool:
+    if cap is None:  # output is free: only the prompt costs
+        return model.cost_usd(int(estimate.input_tokens * CONTEXT_SAFETY), 0) <= budget
+    return cap >= min(MIN_USEFUL_OUTPUT, estimate.output_limit or MIN_USEFUL_OUTPUT)
 
 
 def rank(
