@@ -6,6 +6,8 @@ from tokenhub.engine.errors import (
     InvalidRequest,
     ModelNotFound,
     NoEligibleModel,
+    OutputInvalid,
+    PhaseFailed,
     RoutingFailed,
     UpstreamError,
 )
@@ -31,6 +33,8 @@ __all__ = [
     "ModelNotFound",
     "ModelSpec",
     "NoEligibleModel",
+    "OutputInvalid",
+    "PhaseFailed",
     "Policy",
     "Provider",
     "ProviderHealth",

@@ -145,9 +145,23 @@ class OutputInvalid(EngineError):
 
 class PhaseFailed(EngineError):
     """A phase of an orchestration failed: ``phase`` names it (``adversarial critique``), ``cause`` is the
-    error that ended it and decides the HTTP status."""
+    error that ended it and decides the HTTP status. ``calls``, ``input_tokens``, ``output_tokens`` and
+    ``cost_usd`` are what the orchestration had spent until then."""
 
-    def __init__(self, phase: str, cause: EngineError) -> None:
+    def __init__(
+        self,
+        phase: str,
+        cause: EngineError,
+        *,
+        calls: int = 0,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_usd: float = 0.0,
+    ) -> None:
         super().__init__(f"{phase} phase: {cause.message}")
         self.phase = phase
         self.cause = cause
+        self.calls = calls
+        self.input_tokens = input_tokens
+        self.output_tokens = output_tokens
+        self.cost_usd = cost_usd

@@ -11,16 +11,24 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import orjson
 
-from tokenhub.engine.errors import ModelNotFound, NoEligibleModel, RoutingFailed, UpstreamError
+from tokenhub.engine.errors import ModelNotFound, NoEligibleModel, OutputInvalid, RoutingFailed, UpstreamError
 from tokenhub.engine.health import HealthTracker
+from tokenhub.engine.orchestration import (
+    CallResult,
+    ModelCall,
+    OrchestrationDirective,
+    OrchestrationResult,
+    orchestrate,
+)
 from tokenhub.engine.providers.base import Chunk, estimate_tokens
 from tokenhub.engine.registry import ModelSpec, Registry
 from tokenhub.engine.scoring import Estimate, ineligibility, output_cap, rank
+from tokenhub.engine.shaping import Shaping, shape_completion, validate_value
 from tokenhub.engine.streaming import ChatStream, ChunkNormaliser, is_substantive
 from tokenhub.engine.types import ChatCompletion, ChatRequest, Decision, Policy, TokenCount
 from tokenhub.telemetry import EventBus, Metrics
@@ -69,10 +77,16 @@ class Engine:
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
 
     def plan(
-        self, request: ChatRequest, policy: Policy, *, pin: bool = False, exclude: Collection[str] = ()
+        self,
+        request: ChatRequest,
+        policy: Policy,
+        *,
+        pin: bool = False,
+        exclude: Collection[str] = (),
+        avoid: Collection[str] = (),
     ) -> tuple[list[ModelSpec], Estimate]:
         """The models to try, best first. A named model goes first when it may take the request; with
-        ``pin`` it is the only one. Models in ``exclude`` are never tried.
+        ``pin`` it is the only one. Models in ``exclude`` are never tried, those in ``avoid`` last.
 
         Raises ``ModelNotFound`` for an unknown name and ``NoEligibleModel`` when nothing may serve.
         """
@@ -92,6 +106,8 @@ class Engine:
             else:
                 reasons[model.id] = why
         ranked = rank(eligible, policy, estimate, self.health)
+        if avoid:
+            ranked.sort(key=lambda m: m.id in avoid)  # stable: the order within each group stays
         if named is not None and named in ranked:
             ranked.remove(named)
             ranked.insert(0, named)
@@ -105,10 +121,16 @@ class Engine:
         return ranked, estimate
 
     async def route_and_send(
-        self, request: ChatRequest, policy: Policy, *, pin: bool = False, exclude: Collection[str] = ()
+        self,
+        request: ChatRequest,
+        policy: Policy,
+        *,
+        pin: bool = False,
+        exclude: Collection[str] = (),
+        avoid: Collection[str] = (),
     ) -> Routed:
-        """Answer ``request``; ``pin`` and ``exclude`` as in ``plan``."""
-        candidates, estimate = self.plan(request, policy, pin=pin, exclude=exclude)
+        """Answer ``request``; ``pin``, ``exclude`` and ``avoid`` as in ``plan``."""
+        candidates, estimate = self.plan(request, policy, pin=pin, exclude=exclude, avoid=avoid)
         timeout = self._limits.attempt
 
         async def attempt(model: ModelSpec) -> ChatCompletion:
@@ -123,6 +145,43 @@ class Engine:
         completion = completion.model_copy(update={"model": model.id})
         tokens = _tokens_of(completion, estimate)
         return Routed(completion, decision, tokens, model.cost_usd(tokens.input_tokens, tokens.output_tokens))
+
+    async def complete(self, request: ChatRequest, policy: Policy, shaping: Shaping) -> Routed:
+        """``route_and_send``, then the answer in the form the client asked for (``OutputInvalid`` if it
+        cannot take it: the call was still made, and the error says what it cost)."""
+        routed = await self.route_and_send(request, policy)
+        try:
+            return replace(routed, completion=shape_completion(routed.completion, shaping))
+        except OutputInvalid as exc:
+            raise _priced(
+                exc, routed.decision.model_id, routed.decision.provider_id, routed.tokens, routed.cost_usd
+            ) from None
+
+    async def call(self, call: ModelCall) -> CallResult:
+        """One orchestration call (the ``Calls`` protocol)."""
+        routed = await self.route_and_send(
+            call.request, call.policy, pin=call.pin, exclude=call.exclude, avoid=call.avoid
+        )
+        text = "".join(c.message.content or "" for c in routed.completion.choices[:1])
+        return CallResult(
+            content=text,
+            model_id=routed.decision.model_id,
+            provider_id=routed.decision.provider_id,
+            cost_usd=routed.cost_usd,
+            tokens=routed.tokens,
+            completion=routed.completion,
+        )
+
+    async def rank(self, request: ChatRequest, policy: Policy, exclude: list[str]) -> list[str]:
+        """Eligible model ids, best first (the ``Calls`` protocol)."""
+        candidates, _ = self.plan(request.model_copy(update={"model": ""}), policy, exclude=exclude)
+        return [m.id for m in candidates]
+
+    async def orchestrate(
+        self, request: ChatRequest, directive: OrchestrationDirective, shaping: Shaping
+    ) -> OrchestrationResult:
+        """Run an orchestration directly, every call against this engine."""
+        return check_result(await orchestrate(request, directive, self), shaping)
 
     async def open_stream(self, request: ChatRequest, policy: Policy) -> ChatStream:
         candidates, estimate = self.plan(request, policy)
@@ -254,6 +313,35 @@ class Engine:
 
     def _backoff(self, retry: int) -> float:
         return self._limits.backoff_base * (2.0**retry) * self._rng.uniform(0.5, 1.5)
+
+
+def check_result(result: OrchestrationResult, shaping: Shaping) -> OrchestrationResult:
+    """An orchestration's composite answer checked against the output schema, if one was given."""
+    if shaping.output_schema is None:
+        return result
+    problem = validate_value(result.response_json(), shaping.output_schema)
+    if problem is None:
+        return result
+    raise _priced(
+        OutputInvalid(f"The answer does not match the output schema: {problem}"),
+        result.negotiated_model,
+        result.provider_id,
+        result.tokens,
+        result.cost_usd,
+    )
+
+
+def _priced(
+    exc: OutputInvalid, model_id: str, provider_id: str, tokens: TokenCount, cost: float
+) -> OutputInvalid:
+    return OutputInvalid(
+        exc.message,
+        model_id=model_id,
+        provider_id=provider_id,
+        input_tokens=tokens.input_tokens,
+        output_tokens=tokens.output_tokens,
+        cost_usd=cost,
+    )
 
 
 def _within_budget(request: ChatRequest, cap: int | None) -> ChatRequest:

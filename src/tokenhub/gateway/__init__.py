@@ -5,9 +5,11 @@ from starlette.routing import Route
 
 from tokenhub.config import Mode
 from tokenhub.engine import EngineError, HealthTracker, Registry
-from tokenhub.gateway.chat import ChatCompletionsEndpoint, Dispatcher, StreamHandle
+from tokenhub.gateway.chat import ChatCompletionsEndpoint
 from tokenhub.gateway.errors import BodyTooLarge, ErrorReply, reply_for, status_of
+from tokenhub.gateway.exchange import Dispatcher, StreamHandle
 from tokenhub.gateway.middleware import RequestIdMiddleware
+from tokenhub.gateway.native import NativeChatEndpoint, PlanEndpoint
 from tokenhub.gateway.routes import (
     HealthEndpoints,
     ModelsEndpoints,
@@ -42,10 +44,16 @@ def gateway_routes(
     max_body_bytes: int,
 ) -> list[Route]:
     chat = ChatCompletionsEndpoint(dispatcher, default_mode=default_mode, max_body_bytes=max_body_bytes)
+    native = NativeChatEndpoint(
+        dispatcher, registry, default_mode=default_mode, max_body_bytes=max_body_bytes
+    )
+    plan = PlanEndpoint(dispatcher, registry, max_body_bytes=max_body_bytes)
     models = ModelsEndpoints(registry)
     probes = HealthEndpoints(registry, health, store, metrics)
     return [
         Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/chat", native, methods=["POST"]),
+        Route("/v1/plan", plan, methods=["POST"]),
         Route("/v1/models", models.list, methods=["GET"]),
         Route("/v1/models/{model_id:path}", models.retrieve, methods=["GET"]),
         Route("/healthz", probes.healthz, methods=["GET"]),

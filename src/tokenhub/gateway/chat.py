@@ -1,226 +1,60 @@
-"""``POST /v1/chat/completions`` as a plain ASGI app: the hot path, so no per-request framework objects.
-
-A client that disconnects cancels the work at once — while we wait for the upstream, and mid-stream — and
-the upstream connection is closed with it.
-"""
+"""``POST /v1/chat/completions``: OpenAI's chat completions, with TokenHub's directives and mode header."""
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import time
-from collections.abc import AsyncIterator, Awaitable
-from typing import Protocol, TypeVar
-
-import orjson
 from starlette.types import Receive, Scope, Send
 
 from tokenhub.config import Mode
-from tokenhub.engine import ChatRequest, Decision, EngineError, Policy, Routed, UpstreamError
-from tokenhub.engine.providers.base import Chunk
-from tokenhub.gateway.errors import BodyTimeout, BodyTooLarge, reply_for
-from tokenhub.gateway.middleware import request_id_of
+from tokenhub.engine import Policy
+from tokenhub.engine.directives import extract_directives, parse_mode
+from tokenhub.engine.shaping import NO_SHAPING, Shaping
+from tokenhub.gateway.exchange import (
+    Dispatcher,
+    Endpoint,
+    call_context,
+    completion_json,
+    dispatch_headers,
+    header,
+    routing_headers,
+    send_json,
+    send_stream,
+    unless_disconnected,
+)
 from tokenhub.gateway.parsing import parse_chat_request
-from tokenhub.temporal_integration.records import CallContext, DispatchReport
-
-T = TypeVar("T")
-BODY_TIMEOUT_S = 30.0
-_DONE = b"data: [DONE]\n\n"
-_SSE_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
+from tokenhub.temporal_integration.records import DispatchReport
 
 
-class StreamHandle(Protocol):
-    decision: Decision
-    deadline: float
-
-    def __aiter__(self) -> AsyncIterator[Chunk]: ...
-
-    async def aclose(self, *, client_gone: bool = False, error: UpstreamError | None = None) -> None: ...
-
-
-class Dispatcher(Protocol):
-    async def chat(self, request: ChatRequest, policy: Policy, ctx: CallContext) -> Routed: ...
-
-    async def open_stream(self, request: ChatRequest, policy: Policy, ctx: CallContext) -> StreamHandle: ...
-
-
-class ClientGone(Exception):
-    """The client disconnected before we answered."""
-
-
-class ChatCompletionsEndpoint:
+class ChatCompletionsEndpoint(Endpoint):
     def __init__(self, dispatcher: Dispatcher, *, default_mode: Mode, max_body_bytes: int) -> None:
+        super().__init__(max_body_bytes)
         self._dispatcher = dispatcher
         self._default_mode = default_mode
-        self._max_body = max_body_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        report = DispatchReport()
-        try:
-            body = await _read_body(scope, receive, self._max_body)
-            request = parse_chat_request(body)
-            ctx = _context(scope, body, report)
-            policy = Policy(mode=self._default_mode)
-            if request.stream:
-                stream = await _unless_disconnected(
-                    receive, self._dispatcher.open_stream(request, policy, ctx)
-                )
-                await _send_stream(stream, receive, send, _dispatch_headers(report))
-            else:
-                routed = await _unless_disconnected(receive, self._dispatcher.chat(request, policy, ctx))
-                await _send_completion(routed, send, _dispatch_headers(report))
-        except EngineError as exc:
-            await send_error(send, exc, _dispatch_headers(report) if report.decided else [])
-        except ClientGone:
-            return
+    async def handle(
+        self, scope: Scope, receive: Receive, send: Send, body: bytes, report: DispatchReport
+    ) -> None:
+        request, directives = extract_directives(parse_chat_request(body))
+        policy = directives.apply(request_policy(scope, Policy(mode=self._default_mode)))
+        shaping = Shaping(output_schema=directives.output_schema) if directives.output_schema else NO_SHAPING
+        ctx = call_context(scope, body, report)
+        if request.stream:
+            stream = await unless_disconnected(receive, self._dispatcher.open_stream(request, policy, ctx))
+            await send_stream(stream, receive, send, dispatch_headers(report))
+        else:
+            routed = await unless_disconnected(receive, self._dispatcher.chat(request, policy, ctx, shaping))
+            await send_json(
+                send, completion_json(routed), [*routing_headers(routed.decision), *dispatch_headers(report)]
+            )
 
 
-def _context(scope: Scope, body: bytes, report: DispatchReport) -> CallContext:
-    key = None
-    for name, value in scope["headers"]:
-        if name == b"idempotency-key":
-            key = value.decode("latin-1").strip()[:255] or None
-            break
-    return CallContext(
-        request_id=request_id_of(scope),
-        idempotency_key=key,
-        body_sha256=hashlib.sha256(body).hexdigest() if key else None,
-        report=report,
+def request_policy(scope: Scope, policy: Policy) -> Policy:
+    """``policy`` with the ``x-tokenhub-mode`` header's mode, for clients that cannot write directives."""
+    mode = header(scope, b"x-tokenhub-mode")
+    if mode is None:
+        return policy
+    return Policy(
+        mode=parse_mode(mode.strip(), param="x-tokenhub-mode"),
+        max_budget_usd=policy.max_budget_usd,
+        max_latency_ms=policy.max_latency_ms,
+        min_weight=policy.min_weight,
     )
-
-
-def _dispatch_headers(report: DispatchReport) -> list[tuple[bytes, bytes]]:
-    headers = [(b"x-tokenhub-dispatch", report.path.encode())]
-    if report.workflow_id:
-        headers.append((b"x-tokenhub-workflow-id", report.workflow_id.encode()))
-    if report.replayed:
-        headers.append((b"x-tokenhub-idempotency-replay", b"true"))
-    return headers
-
-
-async def send_error(send: Send, exc: BaseException, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    reply = reply_for(exc)
-    headers = [*reply.header_list(), *(extra or ())]
-    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-    await send({"type": "http.response.body", "body": reply.body_bytes()})
-
-
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole body, at most ``limit`` bytes, arriving within ``BODY_TIMEOUT_S``."""
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise BodyTooLarge(limit)
-    message = await receive()  # usually the whole body, already buffered by the server
-    if message["type"] == "http.request" and not message.get("more_body", False):
-        body: bytes = message.get("body", b"")
-        if len(body) > limit:
-            raise BodyTooLarge(limit)
-        return body
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async with asyncio.timeout(BODY_TIMEOUT_S):
-            while True:
-                if message["type"] == "http.disconnect":
-                    raise ClientGone
-                chunks.append(message.get("body", b""))
-                size += len(chunks[-1])
-                if size > limit:
-                    raise BodyTooLarge(limit)
-                if not message.get("more_body", False):
-                    return b"".join(chunks)
-                message = await receive()
-    except TimeoutError:
-        raise BodyTimeout(BODY_TIMEOUT_S) from None
-
-
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
-    """Run ``work`` unless the client leaves first; then cancel it (it closes its upstream on the way
-    out) and raise ``ClientGone``. Our own cancellation propagates unchanged."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
-    try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-            await asyncio.wait((task,))
-    if task.cancelled():
-        raise ClientGone
-    return task.result()
-
-
-def _routing_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
-    return [
-        (b"x-tokenhub-model", decision.model_id.encode()),
-        (b"x-tokenhub-provider", decision.provider_id.encode()),
-        (b"x-tokenhub-reason", decision.reason.encode()),
-    ]
-
-
-async def _send_completion(routed: Routed, send: Send, extra: list[tuple[bytes, bytes]]) -> None:
-    body = routed.completion.model_dump(mode="json", exclude_unset=True)
-    body["object"] = "chat.completion"
-    body["model"] = routed.completion.model
-    payload = orjson.dumps(body)
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(payload)).encode()),
-        *_routing_headers(routed.decision),
-        *extra,
-    ]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
-
-
-async def _send_stream(
-    stream: StreamHandle, receive: Receive, send: Send, extra: list[tuple[bytes, bytes]]
-) -> None:
-    """Send the stream as SSE, recording it once however it ends."""
-    headers = [*_SSE_HEADERS, *_routing_headers(stream.decision), *extra]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    client_gone, failure = False, None
-    try:
-        failure = await _unless_disconnected(receive, _pump(stream, send))
-    except (ClientGone, OSError):  # a send that fails means the client went away too
-        client_gone = True
-    finally:
-        await stream.aclose(client_gone=client_gone, error=failure)
-
-
-async def _pump(stream: StreamHandle, send: Send) -> UpstreamError | None:
-    """Forward chunks until the end. A failure after the first byte becomes one ``data: {"error": …}``
-    event (no ``event:`` line, which the openai SDK would not read) and no ``[DONE]``; it is returned."""
-    failure: UpstreamError | None = None
-    try:
-        async with asyncio.timeout(max(0.0, stream.deadline - time.monotonic())):
-            async for chunk in stream:
-                data = b"data: " + orjson.dumps(chunk) + b"\n\n"
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-    except UpstreamError as exc:
-        failure = exc
-    except TimeoutError:
-        decision = stream.decision
-        failure = UpstreamError(
-            "timeout",
-            "the stream exceeded the request time limit",
-            provider_id=decision.provider_id,
-            model_id=decision.model_id,
-        )
-    if failure is None:
-        await send({"type": "http.response.body", "body": _DONE})
-    else:
-        await send(
-            {"type": "http.response.body", "body": b"data: " + reply_for(failure).body_bytes() + b"\n\n"}
-        )
-    return failure

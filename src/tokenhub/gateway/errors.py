@@ -19,6 +19,8 @@ from tokenhub.engine import (
     InvalidRequest,
     ModelNotFound,
     NoEligibleModel,
+    OutputInvalid,
+    PhaseFailed,
     RoutingFailed,
     UpstreamError,
 )
@@ -76,6 +78,15 @@ def _too_large(exc: BodyTooLarge) -> ErrorReply:
 
 def _body_timeout(exc: BodyTimeout) -> ErrorReply:
     return ErrorReply(408, exc.message, "invalid_request_error", "request_timeout")
+
+
+def _output_invalid(exc: OutputInvalid) -> ErrorReply:
+    return ErrorReply(422, exc.message, "invalid_output_error", "output_invalid")
+
+
+def _phase_failed(exc: PhaseFailed) -> ErrorReply:
+    # The cause decides the status; the message says which phase it ended.
+    return replace(reply_for(exc.cause), message=exc.message)
 
 
 def _idempotency_conflict(exc: IdempotencyConflict) -> ErrorReply:
@@ -156,6 +167,8 @@ _TABLE: dict[type[BaseException], Callable[[Any], ErrorReply]] = {
     BodyTooLarge: _too_large,
     BodyTimeout: _body_timeout,
     IdempotencyConflict: _idempotency_conflict,
+    OutputInvalid: _output_invalid,
+    PhaseFailed: _phase_failed,
     ModelNotFound: _not_found,
     NoEligibleModel: _no_eligible,
     UpstreamError: _upstream,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from tokenhub.engine import ChatRequest, InvalidRequest
@@ -13,16 +14,26 @@ from tokenhub.engine import ChatRequest, InvalidRequest
 _NOT_A_FIELD = re.compile(r"[\[\](),]|^(str|int|float|bool|none|dict|list)$")
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 def parse_chat_request(body: bytes) -> ChatRequest:
+    return parse_body(body, ChatRequest)
+
+
+def parse_body(body: bytes, model: type[M]) -> M:
+    """``body`` as ``model``, or ``InvalidRequest`` naming the field in OpenAI's style."""
     if not body.strip():
         raise InvalidRequest("The request body is empty; expected a JSON object.", code="invalid_json")
     try:
-        return ChatRequest.model_validate_json(body)
+        return model.model_validate_json(body)
     except ValidationError as exc:
-        raise _invalid_request(exc) from None
+        raise invalid_request(exc) from None
 
 
-def _invalid_request(exc: ValidationError) -> InvalidRequest:
+def invalid_request(exc: ValidationError, prefix: str = "") -> InvalidRequest:
+    """The one ``InvalidRequest`` a validation error becomes; ``prefix`` goes before the field's name when
+    the model validated a part of the body (``request.parameters``)."""
     error = _most_specific(exc.errors(include_url=False))
     kind = error["type"]
     if kind == "json_invalid":
@@ -33,15 +44,17 @@ def _invalid_request(exc: ValidationError) -> InvalidRequest:
     if kind == "model_type" and not error["loc"]:
         return InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     param = _param(error)
+    if prefix:
+        param = f"{prefix}.{param}" if param else prefix
     if kind == "missing":
         if field := (error.get("ctx") or {}).get("field"):
             param = f"{param}.{field}" if param else str(field)
         return InvalidRequest(
             f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
         )
-    if kind == "too_short" and param == "messages":
+    if kind == "too_short" and param and param.endswith("messages"):
         return InvalidRequest(
-            "'messages' must contain at least one message.", param=param, code="invalid_value"
+            f"'{param}' must contain at least one message.", param=param, code="invalid_value"
         )
     message = error["msg"].removeprefix("Value error, ")
     return InvalidRequest(

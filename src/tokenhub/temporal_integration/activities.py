@@ -1,29 +1,38 @@
-"""The two activities, thin: ChatActivity runs the engine, LogResultActivity records the outcome.
+"""The activities, thin: they run the engine or record an outcome, receiving both by injection.
 
-They receive the engine and the recorder by injection. ChatActivity never raises for a provider or routing
-error: that is the request's result, returned to the client as the direct path would return it, and not
-something Temporal should retry.
+No activity raises for a provider or routing error: that is the request's result, returned to the client as
+the direct path would return it, and not something Temporal should retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
-from tokenhub.engine import Engine, EngineError, ResultRecorder, Routed
-from tokenhub.temporal_integration.records import Origin, closed_row, error_row, routed_row
+from tokenhub.engine import Engine, EngineError, ResultRecorder, TokenCount
+from tokenhub.store import RequestLog
+from tokenhub.temporal_integration.records import closed_row, error_row, row
 from tokenhub.temporal_integration.types import (
     CHAT_ACTIVITY,
     LOG_RESULT_ACTIVITY,
+    MODEL_CALL_ACTIVITY,
+    RANK_ACTIVITY,
     ChatInput,
     ChatOutput,
     ErrorInfo,
     LogInput,
+    ModelCallInput,
+    ModelCallOutput,
+    RankInput,
+    RankOutput,
 )
+
+HEARTBEAT_EVERY_S = 1.0
+_NO_TOKENS = TokenCount(0, 0)
 
 
 class Activities:
@@ -33,35 +42,46 @@ class Activities:
         self._engine = engine
         self._recorder = recorder
         self._status_of = status_of
-        self._running: dict[str, asyncio.Task[object]] = {}
+        self._running: dict[str, set[asyncio.Task[object]]] = {}
 
     def interrupt(self, log_id: str) -> bool:
-        """Stop the ChatActivity of request ``log_id`` if it runs in this process (its client left).
+        """Stop the model calls of request ``log_id`` running in this process (its client left).
 
         A local activity hears of a workflow cancellation only when its workflow task ends, so the
-        gateway, whose worker runs it, stops it directly. True if it was running here."""
-        task = self._running.get(log_id)
+        gateway, whose worker runs it, stops it directly. True if any was running here."""
+        tasks = self._running.get(log_id, set())
+        for task in tasks:
+            task.cancel()
+        return bool(tasks)
+
+    @contextlib.contextmanager
+    def _running_for(self, log_id: str) -> Iterator[None]:
+        """Register the current task as working for request ``log_id`` (so ``interrupt`` can stop it)."""
+        task = asyncio.current_task()
         if task is None:
-            return False
-        task.cancel()
-        return True
+            yield
+            return
+        self._running.setdefault(log_id, set()).add(task)
+        try:
+            yield
+        finally:
+            tasks = self._running.get(log_id, set())
+            tasks.discard(task)
+            if not tasks:
+                self._running.pop(log_id, None)
 
     @activity.defn(name=CHAT_ACTIVITY)
     async def chat(self, chat: ChatInput) -> ChatOutput:
         started = time.monotonic()
-        task = asyncio.current_task()
-        if task is not None:
-            self._running[chat.log_id] = task
-        try:
-            routed = await self._engine.route_and_send(chat.request, chat.policy)
-        except EngineError as exc:
-            return ChatOutput(error=ErrorInfo.of(exc), latency_ms=(time.monotonic() - started) * 1000)
-        except asyncio.CancelledError:
-            if activity.is_worker_shutdown():
-                raise  # not the client's doing: let the next worker run it
-            return ChatOutput(cancelled=True, latency_ms=(time.monotonic() - started) * 1000)
-        finally:
-            self._running.pop(chat.log_id, None)
+        with self._running_for(chat.log_id):
+            try:
+                routed = await self._engine.complete(chat.request, chat.policy, chat.shaping)
+            except EngineError as exc:
+                return ChatOutput(error=ErrorInfo.of(exc), latency_ms=(time.monotonic() - started) * 1000)
+            except asyncio.CancelledError:
+                if activity.is_worker_shutdown():
+                    raise  # not the client's doing: let the next worker run it
+                return ChatOutput(cancelled=True, latency_ms=(time.monotonic() - started) * 1000)
         return ChatOutput(
             decision=routed.decision,
             response=routed.completion,
@@ -70,28 +90,57 @@ class Activities:
             latency_ms=(time.monotonic() - started) * 1000,
         )
 
+    @activity.defn(name=MODEL_CALL_ACTIVITY)
+    async def model_call(self, job: ModelCallInput) -> ModelCallOutput:
+        """One orchestration call; heartbeats while it runs, so a lost worker is noticed and the call
+        (only this one) is made again elsewhere."""
+        beating = asyncio.ensure_future(_heartbeat())
+        try:
+            with self._running_for(job.log_id):
+                try:
+                    return ModelCallOutput(result=await self._engine.call(job.call))
+                except EngineError as exc:
+                    return ModelCallOutput(error=ErrorInfo.of(exc))
+                except asyncio.CancelledError:
+                    if activity.is_worker_shutdown():
+                        raise
+                    return ModelCallOutput(cancelled=True)
+        finally:
+            beating.cancel()
+
+    @activity.defn(name=RANK_ACTIVITY)
+    async def rank(self, job: RankInput) -> RankOutput:
+        try:
+            return RankOutput(models=await self._engine.rank(job.request, job.policy, job.exclude))
+        except EngineError as exc:
+            return RankOutput(error=ErrorInfo.of(exc))
+
     @activity.defn(name=LOG_RESULT_ACTIVITY)
     async def log_result(self, log: LogInput) -> None:
         """Idempotent: the row's key is the request's ``log_id``, so a retry writes nothing new."""
-        chat, output = log.chat, log.output
-        origin = Origin(
-            request_id=chat.request_id,
-            log_id=chat.log_id,
-            received_at=chat.received_at,
-            mode=chat.policy.mode,
-            stream=False,
-            requested_model=chat.request.model or "auto",
-            api_key_id=chat.api_key_id,
+        await self._recorder.log_result(self._row(log))
+
+    def _row(self, log: LogInput) -> RequestLog:
+        origin, outcome = log.origin, log.outcome
+        if outcome.cancelled:
+            return closed_row(origin, path=log.path)
+        if outcome.error is not None:
+            error = outcome.error.to_error()
+            return error_row(origin, error, path=log.path, status=self._status_of(error))
+        return row(
+            origin,
+            path=log.path,
+            status=200,
+            model=outcome.model_id,
+            provider=outcome.provider_id,
+            reason=outcome.reason,
+            attempts=outcome.attempts,
+            tokens=outcome.tokens or _NO_TOKENS,
+            cost_usd=outcome.cost_usd,
         )
-        if output.cancelled:
-            record = closed_row(origin, path="temporal")
-        elif output.error is not None:
-            error = output.error.to_error()
-            record = error_row(origin, error, path="temporal", status=self._status_of(error))
-        elif output.decision is not None and output.response is not None and output.tokens is not None:
-            routed = Routed(output.response, output.decision, output.tokens, output.cost_usd)
-            record = routed_row(origin, routed, path="temporal")
-        else:
-            # A bug, not an outage: retrying cannot help.
-            raise ApplicationError("ChatOutput has neither an answer nor an error", non_retryable=True)
-        await self._recorder.log_result(record)
+
+
+async def _heartbeat() -> None:
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(HEARTBEAT_EVERY_S)

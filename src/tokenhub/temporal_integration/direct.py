@@ -4,6 +4,7 @@ Temporal workflow's LogResultActivity uses — once per request, however it ende
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
@@ -17,7 +18,9 @@ from tokenhub.engine import (
     Routed,
     UpstreamError,
 )
+from tokenhub.engine.orchestration import OrchestrationDirective, OrchestrationResult
 from tokenhub.engine.providers.base import Chunk
+from tokenhub.engine.shaping import NO_SHAPING, Shaping
 from tokenhub.store import RequestLog
 from tokenhub.temporal_integration.records import (
     CLIENT_CLOSED,
@@ -39,11 +42,47 @@ class DirectDispatcher:
         self._recorder = recorder
         self._status_of = status_of
 
-    async def chat(self, request: ChatRequest, policy: Policy, ctx: CallContext) -> Routed:
+    async def chat(
+        self, request: ChatRequest, policy: Policy, ctx: CallContext, shaping: Shaping = NO_SHAPING
+    ) -> Routed:
         ctx.report.took("direct")
-        origin = Origin.of(ctx, policy, requested_model=request.model, stream=False)
+        origin = Origin.of(ctx, policy.mode, requested_model=request.model, stream=False)
+        async with self._recorded(origin):
+            routed = await self._engine.complete(request, policy, shaping)
+            await self._recorder.log_result(routed_row(origin, routed, path="direct"))
+        return routed
+
+    async def plan(
+        self,
+        request: ChatRequest,
+        directive: OrchestrationDirective,
+        ctx: CallContext,
+        shaping: Shaping = NO_SHAPING,
+    ) -> OrchestrationResult:
+        ctx.report.took("direct")
+        origin = Origin.of(ctx, directive.mode, requested_model=request.model, stream=False)
+        async with self._recorded(origin):
+            result = await self._engine.orchestrate(request, directive, shaping)
+            await self._recorder.log_result(
+                row(
+                    origin,
+                    path="direct",
+                    status=200,
+                    model=result.negotiated_model,
+                    provider=result.provider_id,
+                    reason=result.routing_reason,
+                    attempts=result.calls,
+                    tokens=result.tokens,
+                    cost_usd=result.cost_usd,
+                )
+            )
+        return result
+
+    @contextlib.asynccontextmanager
+    async def _recorded(self, origin: Origin) -> AsyncIterator[None]:
+        """Record a request that fails or is cancelled inside the block (success records itself)."""
         try:
-            routed = await self._engine.route_and_send(request, policy)
+            yield
         except EngineError as exc:
             await self._recorder.log_result(
                 error_row(origin, exc, path="direct", status=self._status_of(exc))
@@ -52,22 +91,12 @@ class DirectDispatcher:
         except asyncio.CancelledError:
             await self._recorder.log_result(closed_row(origin, path="direct"))
             raise
-        await self._recorder.log_result(routed_row(origin, routed, path="direct"))
-        return routed
 
     async def open_stream(self, request: ChatRequest, policy: Policy, ctx: CallContext) -> RecordedStream:
         ctx.report.took("direct")
-        origin = Origin.of(ctx, policy, requested_model=request.model, stream=True)
-        try:
+        origin = Origin.of(ctx, policy.mode, requested_model=request.model, stream=True)
+        async with self._recorded(origin):
             stream = await self._engine.open_stream(request, policy)
-        except EngineError as exc:
-            await self._recorder.log_result(
-                error_row(origin, exc, path="direct", status=self._status_of(exc))
-            )
-            raise
-        except asyncio.CancelledError:
-            await self._recorder.log_result(closed_row(origin, path="direct"))
-            raise
 
         async def record(stream: ChatStream, *, client_gone: bool, error: UpstreamError | None) -> None:
             await self._recorder.log_result(

@@ -20,23 +20,35 @@ import hashlib
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 from temporalio.api.enums.v1 import PendingWorkflowTaskState
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from tokenhub.engine import ChatRequest, Engine, EngineError, Policy, Routed
+from tokenhub.engine.orchestration import OrchestrationDirective, OrchestrationResult
+from tokenhub.engine.shaping import NO_SHAPING, Shaping
 from tokenhub.telemetry import EventBus, Metrics
 from tokenhub.temporal_integration.breaker import Breaker
 from tokenhub.temporal_integration.direct import DirectDispatcher, RecordedStream
 from tokenhub.temporal_integration.flag import TemporalFlag
 from tokenhub.temporal_integration.manager import TemporalManager
 from tokenhub.temporal_integration.records import CallContext, IdempotencyConflict
-from tokenhub.temporal_integration.types import CHAT_WORKFLOW, ChatInput, ChatOutput
+from tokenhub.temporal_integration.types import (
+    CHAT_WORKFLOW,
+    ORCHESTRATION_WORKFLOW,
+    ChatInput,
+    ChatOutput,
+    ErrorInfo,
+    OrchestrationInput,
+    OrchestrationOutput,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +66,27 @@ class _Fault(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+
+
+class _Durable(Protocol):
+    """What both workflows return: an answer, or the request's error as a result."""
+
+    @property
+    def error(self) -> ErrorInfo | None: ...
+
+
+OutputT = TypeVar("OutputT", bound=_Durable)
+
+
+@dataclass(frozen=True)
+class _Job(Generic[OutputT]):
+    """One workflow to run for a request."""
+
+    workflow: str
+    prefix: str  # of the workflow id: chat-<request id>, plan-<request id>
+    arg: ChatInput | OrchestrationInput
+    output_type: type[OutputT]
+    deadline_s: float
 
 
 class TemporalDispatcher:
@@ -86,36 +119,11 @@ class TemporalDispatcher:
         self._metrics.dispatched("direct")
         return await self._direct.open_stream(request, policy, ctx)
 
-    async def chat(self, request: ChatRequest, policy: Policy, ctx: CallContext) -> Routed:
-        client = self._manager.client
-        if not self._flag.enabled or client is None or not self._breaker.allow():
-            if self._flag.enabled:
-                self._fell_back(ctx, "not_connected" if client is None else "breaker_open")
-            self._metrics.dispatched("direct")
-            return await self._direct.chat(request, policy, ctx)
-        try:
-            output = await self._run_workflow(client, request, policy, ctx)
-        except _Fault as fault:
-            self._breaker.record_failure()
-            self._fell_back(ctx, fault.reason, str(fault))
-            self._metrics.dispatched("direct")
-            return await self._direct.chat(request, policy, ctx)
-        except BaseException:
-            self._breaker.release()
-            raise
-        self._breaker.record_success()
-        self._metrics.dispatched("temporal")
-        if output.error is not None:
-            raise output.error.to_error()
-        if output.decision is None or output.response is None or output.tokens is None:
-            raise RuntimeError("workflow returned neither an answer nor an error")
-        return Routed(output.response, output.decision, output.tokens, output.cost_usd)
-
-    async def _run_workflow(
-        self, client: Client, request: ChatRequest, policy: Policy, ctx: CallContext
-    ) -> ChatOutput:
+    async def chat(
+        self, request: ChatRequest, policy: Policy, ctx: CallContext, shaping: Shaping = NO_SHAPING
+    ) -> Routed:
         deadline = self._engine.request_deadline(policy)
-        chat = ChatInput(
+        arg = ChatInput(
             request_id=ctx.request_id,
             request=request,
             policy=policy,
@@ -123,60 +131,131 @@ class TemporalDispatcher:
             api_key_id=ctx.api_key_id,
             received_at=ctx.received_at,
             timeout_s=deadline,
+            shaping=shaping,
         )
-        workflow_id = _workflow_id(ctx)
+        output = await self._durably(ctx, _Job(CHAT_WORKFLOW, "chat", arg, ChatOutput, deadline))
+        if output is None:
+            return await self._direct.chat(request, policy, ctx, shaping)
+        if output.error is not None:
+            raise output.error.to_error()
+        if output.decision is None or output.response is None or output.tokens is None:
+            raise RuntimeError("workflow returned neither an answer nor an error")
+        return Routed(output.response, output.decision, output.tokens, output.cost_usd)
+
+    async def plan(
+        self,
+        request: ChatRequest,
+        directive: OrchestrationDirective,
+        ctx: CallContext,
+        shaping: Shaping = NO_SHAPING,
+    ) -> OrchestrationResult:
+        # An orchestration makes several calls in turn: each gets the per-call bound, the whole several.
+        call_s = self._engine.request_deadline(Policy())
+        arg = OrchestrationInput(
+            request_id=ctx.request_id,
+            request=request,
+            directive=directive,
+            log_id=ctx.log_id,
+            api_key_id=ctx.api_key_id,
+            received_at=ctx.received_at,
+            timeout_s=call_s,
+            shaping=shaping,
+        )
+        bound = call_s * (2 * max(directive.iterations, 1) + 2)
+        output = await self._durably(
+            ctx, _Job(ORCHESTRATION_WORKFLOW, "plan", arg, OrchestrationOutput, bound)
+        )
+        if output is None:
+            return await self._direct.plan(request, directive, ctx, shaping)
+        if output.error is not None:
+            raise output.error.to_error()
+        if output.result is None:
+            raise RuntimeError("workflow returned neither an answer nor an error")
+        return output.result
+
+    async def _durably(self, ctx: CallContext, job: _Job[OutputT]) -> OutputT | None:
+        """Run ``job`` as a workflow; None when the request should run directly instead (flag off, or a
+        Temporal fault, counted and fed to the breaker)."""
+        client = self._manager.client
+        if not self._flag.enabled or client is None or not self._breaker.allow():
+            if self._flag.enabled:
+                self._fell_back(ctx, "not_connected" if client is None else "breaker_open")
+            self._metrics.dispatched("direct")
+            return None
+        try:
+            output = await self._run_workflow(client, ctx, job)
+        except _Fault as fault:
+            self._breaker.record_failure()
+            self._fell_back(ctx, fault.reason, str(fault))
+            self._metrics.dispatched("direct")
+            return None
+        except BaseException:
+            self._breaker.release()
+            raise
+        # A provider error inside the workflow is still Temporal working: the breaker hears a success.
+        self._breaker.record_success()
+        self._metrics.dispatched("temporal")
+        return output
+
+    async def _run_workflow(self, client: Client, ctx: CallContext, job: _Job[OutputT]) -> OutputT:
+        workflow_id = _workflow_id(ctx, job.prefix)
         ctx.report.took("temporal", workflow_id)
-        handle: WorkflowHandle[object, ChatOutput] | None = None
+        handle: WorkflowHandle[object, OutputT] | None = None
         started_at = time.monotonic()
         try:
             if ctx.idempotency_key:
-                handle, replay = await self._attach(client, workflow_id, ctx)
+                handle, replay = await self._attach(client, workflow_id, ctx, job)
                 if replay is not None:
                     ctx.report.replayed = True
                     return replay
             if handle is None:
-                handle = await self._start(client, chat, ctx)
+                handle = await self._start(client, ctx, job)
             self._events.publish(
                 "workflow_started",
-                {"workflow_id": workflow_id, "workflow_type": CHAT_WORKFLOW, "request_id": ctx.request_id},
+                {
+                    "workflow_id": ctx.report.workflow_id,
+                    "workflow_type": job.workflow,
+                    "request_id": ctx.request_id,
+                },
             )
-            output = await self._result(handle, deadline + RESULT_SLACK_S)
+            output = await self._result(handle, job.deadline_s + RESULT_SLACK_S)
         except asyncio.CancelledError:
-            # The client left. Our own worker's activity stops at once; a workflow run elsewhere is
-            # cancelled through Temporal. Either way it records the request as closed.
-            if not self._manager.interrupt(ctx.log_id):
-                await self._cancel(client, ctx.report.workflow_id or workflow_id)
+            # The client left. Our own worker's calls stop at once; the workflow is cancelled through
+            # Temporal too (a worker elsewhere, or calls not yet started). It records the request as closed.
+            self._manager.interrupt(ctx.log_id)
+            await self._cancel(client, ctx.report.workflow_id or workflow_id)
             raise
         except _Fault as fault:
             if handle is not None:
                 self._manager.abandon(ctx.report.workflow_id or workflow_id)
-            self._events.publish("workflow_failed", {"workflow_id": workflow_id, "reason": fault.reason})
+            self._events.publish(
+                "workflow_failed", {"workflow_id": ctx.report.workflow_id, "reason": fault.reason}
+            )
             raise
         self._events.publish(
             "workflow_completed",
             {
-                "workflow_id": workflow_id,
-                "workflow_type": CHAT_WORKFLOW,
-                "model_id": output.decision.model_id if output.decision else None,
+                "workflow_id": ctx.report.workflow_id,
+                "workflow_type": job.workflow,
                 "latency_ms": round((time.monotonic() - started_at) * 1000, 2),
-                "cost_usd": output.cost_usd,
+                "failed": output.error is not None,
             },
         )
         return output
 
     async def _start(
-        self, client: Client, chat: ChatInput, ctx: CallContext
-    ) -> WorkflowHandle[object, ChatOutput]:
+        self, client: Client, ctx: CallContext, job: _Job[OutputT]
+    ) -> WorkflowHandle[object, OutputT]:
         """Start the workflow. With an Idempotency-Key a concurrent twin attaches to the same run (and is
         checked for the same body); without one, an id already in use gets a unique suffix instead."""
-        workflow_id = ctx.report.workflow_id or _workflow_id(ctx)
+        workflow_id = ctx.report.workflow_id or _workflow_id(ctx, job.prefix)
         try:
             async with asyncio.timeout(self._start_timeout):
                 try:
-                    handle = await self._start_as(client, chat, ctx, workflow_id)
+                    handle = await self._start_as(client, ctx, job, workflow_id)
                 except WorkflowAlreadyStartedError:
                     workflow_id = f"{workflow_id}-{uuid.uuid4().hex[:8]}"
-                    handle = await self._start_as(client, chat, ctx, workflow_id)
+                    handle = await self._start_as(client, ctx, job, workflow_id)
                 ctx.report.workflow_id = workflow_id
                 if ctx.idempotency_key:
                     description = await handle.describe()
@@ -187,16 +266,16 @@ class TemporalDispatcher:
             raise _Fault("start_failed", str(exc)[:200]) from exc
 
     async def _start_as(
-        self, client: Client, chat: ChatInput, ctx: CallContext, workflow_id: str
-    ) -> WorkflowHandle[object, ChatOutput]:
+        self, client: Client, ctx: CallContext, job: _Job[OutputT], workflow_id: str
+    ) -> WorkflowHandle[object, OutputT]:
         idempotent = ctx.idempotency_key is not None
         return await client.start_workflow(
-            CHAT_WORKFLOW,
-            chat,
+            job.workflow,
+            job.arg,
             id=workflow_id,
             task_queue=self._manager.target.task_queue,
-            result_type=ChatOutput,
-            execution_timeout=timedelta(seconds=chat.timeout_s + EXECUTION_SLACK_S),
+            result_type=job.output_type,
+            execution_timeout=timedelta(seconds=job.deadline_s + EXECUTION_SLACK_S),
             id_conflict_policy=(
                 WorkflowIDConflictPolicy.USE_EXISTING if idempotent else WorkflowIDConflictPolicy.FAIL
             ),
@@ -205,7 +284,7 @@ class TemporalDispatcher:
             request_eager_start=self._manager.eager,
         )
 
-    async def _result(self, handle: WorkflowHandle[object, ChatOutput], bound_s: float) -> ChatOutput:
+    async def _result(self, handle: WorkflowHandle[object, OutputT], bound_s: float) -> OutputT:
         """The workflow's output. Without a worker in this process, first make sure one picked it up."""
         waiting = asyncio.ensure_future(handle.result())
         try:
@@ -225,17 +304,17 @@ class TemporalDispatcher:
             waiting.cancel()
 
     async def _attach(
-        self, client: Client, workflow_id: str, ctx: CallContext
-    ) -> tuple[WorkflowHandle[object, ChatOutput] | None, ChatOutput | None]:
+        self, client: Client, workflow_id: str, ctx: CallContext, job: _Job[OutputT]
+    ) -> tuple[WorkflowHandle[object, OutputT] | None, OutputT | None]:
         """An earlier request with this Idempotency-Key: attach to it if it runs, replay its answer if it
         finished well (or with a client error), run afresh if it failed. A different body is a 409."""
-        handle = client.get_workflow_handle(workflow_id, result_type=ChatOutput)
+        handle = client.get_workflow_handle(workflow_id, result_type=job.output_type)
         try:
             async with asyncio.timeout(self._start_timeout):
                 description = await handle.describe()
                 body = await description.memo_value(MEMO_BODY, None)
         except RPCError as exc:
-            if exc.status is not None and exc.status.name == "NOT_FOUND":
+            if exc.status == RPCStatusCode.NOT_FOUND:
                 return None, None
             raise _Fault("start_failed", str(exc)[:200]) from exc
         except TimeoutError as exc:
@@ -251,7 +330,6 @@ class TemporalDispatcher:
         return None, None
 
     async def _cancel(self, client: Client, workflow_id: str) -> None:
-        """The client left: cancel the workflow, which records the request as closed and stops the call."""
         with contextlib.suppress(RPCError, RuntimeError, TimeoutError):
             async with asyncio.timeout(CLEANUP_TIMEOUT_S):
                 await asyncio.shield(client.get_workflow_handle(workflow_id).cancel())
@@ -263,7 +341,7 @@ class TemporalDispatcher:
             log.warning("temporal_fallback", reason=reason, detail=detail, workflow_id=ctx.report.workflow_id)
 
 
-async def _picked_up(handle: WorkflowHandle[object, ChatOutput]) -> bool:
+async def _picked_up(handle: WorkflowHandle[Any, Any]) -> bool:
     try:
         description = await handle.describe(rpc_timeout=timedelta(seconds=1))
     except RPCError:
@@ -273,9 +351,9 @@ async def _picked_up(handle: WorkflowHandle[object, ChatOutput]) -> bool:
     return bool(started or info.workflow_execution_info.history_length > 2)
 
 
-def _workflow_id(ctx: CallContext) -> str:
+def _workflow_id(ctx: CallContext, prefix: str) -> str:
     if ctx.idempotency_key:
         # The key is scoped to the caller, so two clients' keys never meet.
         scope = f"{ctx.api_key_id or '-'}\0{ctx.idempotency_key}".encode()
-        return f"chat-idem-{hashlib.sha256(scope).hexdigest()[:40]}"
-    return f"chat-{ctx.request_id}"
+        return f"{prefix}-idem-{hashlib.sha256(scope).hexdigest()[:40]}"
+    return f"{prefix}-{ctx.request_id}"

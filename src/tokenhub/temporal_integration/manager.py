@@ -22,7 +22,7 @@ from temporalio.worker import Worker
 
 from tokenhub.temporal_integration.activities import Activities
 from tokenhub.temporal_integration.types import DATA_CONVERTER
-from tokenhub.temporal_integration.workflows import ChatWorkflow
+from tokenhub.temporal_integration.workflows import ChatWorkflow, OrchestrationWorkflow
 
 log = structlog.get_logger(__name__)
 MAX_ABANDONED = 10_000
@@ -164,8 +164,8 @@ class TemporalManager:
             self._worker = Worker(
                 client,
                 task_queue=self.target.task_queue,
-                workflows=[ChatWorkflow],
-                activities=[acts.chat, acts.log_result],
+                workflows=[ChatWorkflow, OrchestrationWorkflow],
+                activities=[acts.chat, acts.model_call, acts.rank, acts.log_result],
                 graceful_shutdown_timeout=timedelta(seconds=10),
             )
         except (RuntimeError, RPCError) as exc:

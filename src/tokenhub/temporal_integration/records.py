@@ -12,7 +12,8 @@ from tokenhub.engine import (
     EngineError,
     ModelNotFound,
     NoEligibleModel,
-    Policy,
+    OutputInvalid,
+    PhaseFailed,
     Routed,
     RoutingFailed,
     TokenCount,
@@ -73,12 +74,12 @@ class Origin:
     api_key_id: str | None = None
 
     @classmethod
-    def of(cls, ctx: CallContext, policy: Policy, *, requested_model: str, stream: bool) -> Origin:
+    def of(cls, ctx: CallContext, mode: str, *, requested_model: str, stream: bool) -> Origin:
         return cls(
             request_id=ctx.request_id,
             log_id=ctx.log_id,
             received_at=ctx.received_at,
-            mode=policy.mode,
+            mode=mode,
             stream=stream,
             requested_model=requested_model or "auto",
             api_key_id=ctx.api_key_id,
@@ -140,9 +141,24 @@ def routed_row(origin: Origin, routed: Routed, *, path: Path) -> RequestLog:
 
 
 def error_row(origin: Origin, error: EngineError, *, path: Path, status: int) -> RequestLog:
-    model, provider, attempts = origin.requested_model, "", 0
-    if isinstance(error, RoutingFailed):
-        model, provider, attempts = error.last.model_id, error.last.provider_id, len(error.attempts)
+    """The row of a request that failed; what was spent on it before it failed is counted too."""
+    model, provider, attempts, tokens, cost = origin.requested_model, "", 0, TokenCount(0, 0), 0.0
+    cause = error.cause if isinstance(error, PhaseFailed) else error
+    if isinstance(error, PhaseFailed):
+        attempts, tokens, cost = (
+            error.calls,
+            TokenCount(error.input_tokens, error.output_tokens),
+            error.cost_usd,
+        )
+    if isinstance(cause, RoutingFailed):
+        model, provider, attempts = (
+            cause.last.model_id,
+            cause.last.provider_id,
+            attempts + len(cause.attempts),
+        )
+    elif isinstance(cause, OutputInvalid):
+        model, provider, attempts = cause.model_id, cause.provider_id, max(attempts, 1)
+        tokens, cost = TokenCount(cause.input_tokens, cause.output_tokens), cause.cost_usd
     return row(
         origin,
         path=path,
@@ -151,9 +167,9 @@ def error_row(origin: Origin, error: EngineError, *, path: Path, status: int) ->
         provider=provider,
         reason="failed",
         attempts=attempts,
-        tokens=TokenCount(0, 0),
-        cost_usd=0.0,
-        error_class=error_kind(error),
+        tokens=tokens,
+        cost_usd=cost,
+        error_class=error_kind(cause),
         error_message=error.message,
     )
 
@@ -180,4 +196,6 @@ def error_kind(error: EngineError) -> str:
         return "model_not_found"
     if isinstance(error, NoEligibleModel):
         return "no_eligible_model"
+    if isinstance(error, OutputInvalid):
+        return "output_invalid"
     return "invalid_request"

@@ -27,10 +27,16 @@ from tokenhub.engine import (
     TokenCount,
     UpstreamError,
 )
-from tokenhub.engine.errors import ErrorClass, IneligibleReason
+from tokenhub.engine.errors import ErrorClass, IneligibleReason, OutputInvalid, PhaseFailed
+from tokenhub.engine.orchestration import CallResult, ModelCall, OrchestrationDirective, OrchestrationResult
+from tokenhub.engine.shaping import Shaping
+from tokenhub.temporal_integration.records import IdempotencyConflict, Origin, Path
 
 CHAT_WORKFLOW = "ChatWorkflow"
+ORCHESTRATION_WORKFLOW = "OrchestrationWorkflow"
 CHAT_ACTIVITY = "ChatActivity"
+MODEL_CALL_ACTIVITY = "ModelCallActivity"
+RANK_ACTIVITY = "RankModelsActivity"
 LOG_RESULT_ACTIVITY = "LogResultActivity"
 
 
@@ -50,6 +56,7 @@ class ChatInput(_Model):
     received_at: float = 0.0
     # Seconds ChatActivity may take; the gateway derives it from the policy's latency budget.
     timeout_s: float = 300.0
+    shaping: Shaping = Shaping()
 
 
 class AttemptInfo(_Model):
@@ -85,7 +92,16 @@ class AttemptInfo(_Model):
 class ErrorInfo(_Model):
     """An ``EngineError`` as data. ``kind`` names its class; the other fields are what that class needs."""
 
-    kind: Literal["invalid_request", "model_not_found", "no_eligible_model", "routing_failed", "upstream"]
+    kind: Literal[
+        "invalid_request",
+        "model_not_found",
+        "no_eligible_model",
+        "routing_failed",
+        "upstream",
+        "output_invalid",
+        "phase_failed",
+        "idempotency_conflict",
+    ]
     message: str
     param: str | None = None
     code: str | None = None
@@ -93,6 +109,14 @@ class ErrorInfo(_Model):
     reasons: dict[str, IneligibleReason] = {}
     retry_after: float | None = None
     attempts: list[AttemptInfo] = []
+    # output_invalid: what the rejected answer cost.
+    provider: str | None = None
+    tokens: TokenCount | None = None
+    cost_usd: float = 0.0
+    # phase_failed: the phase, the error that ended it, and how many calls were made (tokens and cost above).
+    phase: str | None = None
+    cause: ErrorInfo | None = None
+    calls: int = 0
 
     @classmethod
     def of(cls, error: EngineError) -> ErrorInfo:
@@ -113,6 +137,27 @@ class ErrorInfo(_Model):
                 reasons=error.reasons,
                 retry_after=error.retry_after,
             )
+        if isinstance(error, OutputInvalid):
+            return cls(
+                kind="output_invalid",
+                message=error.message,
+                model=error.model_id,
+                provider=error.provider_id,
+                tokens=TokenCount(error.input_tokens, error.output_tokens),
+                cost_usd=error.cost_usd,
+            )
+        if isinstance(error, PhaseFailed):
+            return cls(
+                kind="phase_failed",
+                message=error.message,
+                phase=error.phase,
+                cause=cls.of(error.cause),
+                calls=error.calls,
+                tokens=TokenCount(error.input_tokens, error.output_tokens),
+                cost_usd=error.cost_usd,
+            )
+        if isinstance(error, IdempotencyConflict):
+            return cls(kind="idempotency_conflict", message=error.message)
         if isinstance(error, InvalidRequest):
             return cls(kind="invalid_request", message=error.message, param=error.param, code=error.code)
         raise TypeError(f"no ErrorInfo for {type(error).__name__}")
@@ -126,7 +171,42 @@ class ErrorInfo(_Model):
             return ModelNotFound(self.model or "")
         if self.kind == "no_eligible_model":
             return NoEligibleModel(dict(self.reasons), retry_after=self.retry_after)
+        if self.kind == "output_invalid":
+            tokens = self.tokens or TokenCount(0, 0)
+            return OutputInvalid(
+                self.message,
+                model_id=self.model or "",
+                provider_id=self.provider or "",
+                input_tokens=tokens.input_tokens,
+                output_tokens=tokens.output_tokens,
+                cost_usd=self.cost_usd,
+            )
+        if self.kind == "phase_failed" and self.cause is not None:
+            spent = self.tokens or TokenCount(0, 0)
+            return PhaseFailed(
+                self.phase or "",
+                self.cause.to_error(),
+                calls=self.calls,
+                input_tokens=spent.input_tokens,
+                output_tokens=spent.output_tokens,
+                cost_usd=self.cost_usd,
+            )
+        if self.kind == "idempotency_conflict":
+            return IdempotencyConflict()
         return InvalidRequest(self.message, param=self.param, code=self.code)
+
+
+class Outcome(_Model):
+    """How a request ended, as LogResultActivity records it."""
+
+    model_id: str = ""
+    provider_id: str = ""
+    reason: str = ""
+    attempts: int = 0
+    tokens: TokenCount | None = None
+    cost_usd: float = 0.0
+    error: ErrorInfo | None = None
+    cancelled: bool = False
 
 
 class ChatOutput(_Model):
@@ -138,16 +218,84 @@ class ChatOutput(_Model):
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     error: ErrorInfo | None = None
-    # The workflow was cancelled (the client went away) before ChatActivity finished.
+    # The client went away (and the request was stopped) before ChatActivity finished.
+    cancelled: bool = False
+
+    def outcome(self) -> Outcome:
+        decision = self.decision
+        return Outcome(
+            model_id=decision.model_id if decision else "",
+            provider_id=decision.provider_id if decision else "",
+            reason=decision.reason if decision else "",
+            attempts=decision.attempts if decision else 0,
+            tokens=self.tokens,
+            cost_usd=self.cost_usd,
+            error=self.error,
+            cancelled=self.cancelled,
+        )
+
+
+class OrchestrationInput(_Model):
+    request_id: str
+    request: ChatRequest
+    directive: OrchestrationDirective
+    log_id: str
+    api_key_id: str | None = None
+    received_at: float = 0.0
+    # Seconds each model call may take.
+    timeout_s: float = 300.0
+    shaping: Shaping = Shaping()
+
+
+class OrchestrationOutput(_Model):
+    result: OrchestrationResult | None = None
+    error: ErrorInfo | None = None
+    cancelled: bool = False
+
+    def outcome(self) -> Outcome:
+        result = self.result
+        if result is None:
+            return Outcome(error=self.error, cancelled=self.cancelled)
+        return Outcome(
+            model_id=result.negotiated_model,
+            provider_id=result.provider_id,
+            reason=result.routing_reason,
+            attempts=result.calls,
+            tokens=result.tokens,
+            cost_usd=result.cost_usd,
+        )
+
+
+class ModelCallInput(_Model):
+    """One orchestration call, run as ModelCallActivity; ``log_id`` ties it to its request."""
+
+    log_id: str
+    call: ModelCall
+
+
+class ModelCallOutput(_Model):
+    result: CallResult | None = None
+    error: ErrorInfo | None = None
     cancelled: bool = False
 
 
-class LogInput(_Model):
-    """What LogResultActivity records: the request as the gateway saw it and what became of it."""
+class RankInput(_Model):
+    request: ChatRequest
+    policy: Policy
+    exclude: list[str] = []
 
-    chat: ChatInput
-    output: ChatOutput
-    path: str = "temporal"
+
+class RankOutput(_Model):
+    models: list[str] = []
+    error: ErrorInfo | None = None
+
+
+class LogInput(_Model):
+    """What LogResultActivity records: the request as the gateway saw it and how it ended."""
+
+    origin: Origin
+    outcome: Outcome
+    path: Path = "temporal"
 
 
 class _PayloadConverter(PydanticPayloadConverter):
