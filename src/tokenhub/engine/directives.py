@@ -20,10 +20,12 @@ from tokenhub.engine.shaping import check_schema
 from tokenhub.engine.types import ChatRequest, ContentPart, Message, Policy
 
 MARK = "@@tokenhub"
-_BLOCK = re.compile(
-    r"^[ \t]*@@tokenhub[ \t]*\r?\n(.*?)^[ \t]*@@end[ \t]*(?:\r?\n|$)", re.DOTALL | re.MULTILINE
+# A block (group 1: its lines) or a single line (group 2: its settings), found in the order they are written.
+_DIRECTIVE = re.compile(
+    r"^[ \t]*@@tokenhub[ \t]*\r?\n((?:(?![ \t]*@@end)[^\n]*\n)*?)[ \t]*@@end[ \t]*(?:\r?\n|$)"
+    r"|^[ \t]*@@tokenhub[ \t]+(\S[^\n]*?)[ \t]*(?:\r?\n|$)",
+    re.MULTILINE,
 )
-_LINE = re.compile(r"^[ \t]*@@tokenhub[ \t]+(\S.*?)[ \t]*(?:\r?\n|$)", re.MULTILINE)
 _PAIR = re.compile(r"(\w+)=(\S+)")
 
 
@@ -86,17 +88,16 @@ class _Found:
     def strip(self, text: str, param: str) -> str:
         """Remove directives from ``text``, folding their values into ``value``."""
 
-        def block(match: re.Match[str]) -> str:
-            for line in match.group(1).splitlines():
-                if line.strip():
-                    self.value = _parse(line.strip(), param, self.value)
+        def directive(match: re.Match[str]) -> str:
+            block, line = match.group(1), match.group(2)
+            settings = [line] if line is not None else [s.strip() for s in block.splitlines() if s.strip()]
+            if not settings:
+                raise _bad("@@tokenhub", "a block needs key=value lines", param)
+            for setting in settings:
+                self.value = _parse(setting, param, self.value)
             return ""
 
-        def line(match: re.Match[str]) -> str:
-            self.value = _parse(match.group(1), param, self.value)
-            return ""
-
-        text = _LINE.sub(line, _BLOCK.sub(block, text))
+        text = _DIRECTIVE.sub(directive, text)
         if MARK in text:
             raise InvalidRequest(
                 "A @@tokenhub directive needs key=value settings on its line, or a block closed by @@end.",
@@ -151,7 +152,10 @@ def _schema(raw: str, param: str) -> dict[str, Any]:
         schema = orjson.loads(raw.strip())
     except orjson.JSONDecodeError:
         raise _bad("output_schema", "must be JSON", param) from None
-    return check_schema(schema, param=param)
+    try:
+        return check_schema(schema, param=param)
+    except InvalidRequest as exc:
+        raise _bad("output_schema", exc.message, param) from None
 
 
 def _bad(what: str, why: str, param: str) -> InvalidRequest:

@@ -303,7 +303,7 @@ class _Run:
         judging = ModelCall(
             phase="judge",
             policy=Policy(mode="high_confidence", min_weight=d.review_min_weight),
-            exclude=[] if d.review_model_id else [a.model_id for a in answers],
+            exclude=[a.model_id for a in answers],  # never a voter, not even as a fallback
             request=self.derive(
                 [
                     {"role": "system", "content": JUDGE_SYSTEM},

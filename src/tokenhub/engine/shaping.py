@@ -20,7 +20,11 @@ from tokenhub.engine.types import ChatCompletion
 
 _THINK = re.compile(r"<think>.*?</think>\s*", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
-_MARKDOWN = re.compile(r"^\s{0,3}#{1,6}\s+|[*_`]{1,3}", re.MULTILINE)
+# Markdown's markers, and only where they mark something: a heading's hashes, paired emphasis or code.
+_HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+", re.MULTILINE)
+_CODE = re.compile(r"`([^`\n]+)`")
+_STARS = re.compile(r"(\*{1,3})(?=\S)(.+?)(?<=\S)\1")
+_UNDERSCORES = re.compile(r"(?<!\w)(_{1,3})(?=\S)(.+?)(?<=\S)\1(?!\w)")
 
 
 class OutputFormat(BaseModel):
@@ -88,10 +92,11 @@ def shape_text(text: str, shaping: Shaping) -> str:
         if fmt.type == "json":
             text = raw
     elif fmt.type == "text":
-        text = _MARKDOWN.sub("", text).strip()
+        text = _UNDERSCORES.sub(r"\2", _STARS.sub(r"\2", _CODE.sub(r"\1", _HEADING.sub("", text)))).strip()
     elif fmt.type == "markdown":
         text = text.strip()
-    if fmt.max_tokens is not None and len(text) > fmt.max_tokens * 4:
+    if fmt.max_tokens is not None and fmt.type != "json" and len(text) > fmt.max_tokens * 4:
+        # JSON is never cut: a truncated object is no longer JSON.
         text = text[: fmt.max_tokens * 4].rstrip() + "..."
     return text
 
@@ -102,7 +107,10 @@ def shape_completion(completion: ChatCompletion, shaping: Shaping) -> ChatComple
         return completion
     choices = []
     for choice in completion.choices:
-        content = shape_text(choice.message.content or "", shaping)
+        if choice.message.content is None:  # a tool call, not a text answer: nothing to shape
+            choices.append(choice)
+            continue
+        content = shape_text(choice.message.content, shaping)
         choices.append(
             choice.model_copy(update={"message": choice.message.model_copy(update={"content": content})})
         )
