@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,3 +128,23 @@ def start_gateway(tmp_path: Path) -> Iterator[Any]:
     yield start
     for gateway in started:
         gateway.stop()
+
+
+def start_on(
+    path: str, request: pytest.FixtureRequest, start_gateway: Any, catalog: str, **settings: Any
+) -> Gateway:
+    """A gateway whose requests go ``path`` ("direct", or "temporal" on the session's dev server, connected
+    with its worker running before this returns)."""
+    if path == "temporal":
+        server: DevServer = request.getfixturevalue("temporal_server")
+        settings = {
+            "temporal_enabled": True,
+            "temporal_host": server.host,
+            "temporal_task_queue": f"tq-{uuid.uuid4().hex}",
+            **settings,
+        }
+    gateway: Gateway = start_gateway(catalog, **settings)
+    if path == "temporal":
+        manager = gateway.components.manager
+        wait_until(lambda: manager.connected and manager.worker_running, what="Temporal up")
+    return gateway

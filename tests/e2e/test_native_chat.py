@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import start_on
 from tests.fakes.openai_upstream import FakeOpenAI, Reply, completion
-from tests.temporal_server import DevServer
 
 # "cheap" is cheap and light, "smart" heavy and dear: the mode decides between them.
 CATALOG = """
@@ -39,18 +37,9 @@ class Setup:
 def setup(request: pytest.FixtureRequest, make_fake_openai: Any, start_gateway: Any) -> Setup:
     cheap, cheap_url = make_fake_openai()
     smart, smart_url = make_fake_openai()
-    settings: dict[str, Any] = {}
-    if request.param == "temporal":
-        server: DevServer = request.getfixturevalue("temporal_server")
-        settings = {
-            "temporal_enabled": True,
-            "temporal_host": server.host,
-            "temporal_task_queue": f"tq-{uuid.uuid4().hex}",
-        }
-    gateway = start_gateway(CATALOG.format(cheap=cheap_url, smart=smart_url), **settings)
-    if request.param == "temporal":
-        manager = gateway.components.manager
-        wait_until(lambda: manager.connected and manager.worker_running, what="Temporal up")
+    gateway = start_on(
+        request.param, request, start_gateway, CATALOG.format(cheap=cheap_url, smart=smart_url)
+    )
     return Setup(cheap, smart, gateway)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import start_on, wait_until
 from tests.fakes.openai_upstream import FakeOpenAI, Reply, completion, error_body
 from tests.temporal_server import DevServer
 
@@ -65,18 +65,7 @@ def orchestra(request: pytest.FixtureRequest, make_fake_openai: Any, start_gatew
             f"input_per_1k: {price_in}, output_per_1k: {price_out}}}"
         )
     catalog = "providers:\n" + "\n".join(providers) + "\nmodels:\n" + "\n".join(models) + "\n"
-    settings: dict[str, Any] = {}
-    if request.param == "temporal":
-        server: DevServer = request.getfixturevalue("temporal_server")
-        settings = {
-            "temporal_enabled": True,
-            "temporal_host": server.host,
-            "temporal_task_queue": f"tq-{uuid.uuid4().hex}",
-        }
-    gateway = start_gateway(catalog, **settings)
-    if request.param == "temporal":
-        manager = gateway.components.manager
-        wait_until(lambda: manager.connected and manager.worker_running, what="Temporal up")
+    gateway = start_on(request.param, request, start_gateway, catalog)
     return Orchestra(fakes, gateway)
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.types import Receive, Scope, Send
 
 from tokenhub.config import Mode
-from tokenhub.engine import ChatRequest, InvalidRequest, ModelNotFound, Policy, Registry
+from tokenhub.engine import ChatRequest, Decision, InvalidRequest, ModelNotFound, Policy, Registry
 from tokenhub.engine.directives import extract_directives
 from tokenhub.engine.orchestration import OrchestrationDirective
 from tokenhub.engine.shaping import OutputFormat, Shaping, check_schema
@@ -71,14 +71,13 @@ class NativeChatBody(_Strict):
     capabilities: dict[str, Any] | None = None
 
 
-class OrchestrationBody(_Strict):
-    mode: Literal["adversarial", "vote", "refine", "planning", ""] = "planning"
-    iterations: int = Field(default=0, ge=0, le=10)
-    primary_model_id: str | None = None
-    review_model_id: str | None = None
-    primary_min_weight: float = Field(default=0.0, ge=0, le=10)
-    review_min_weight: float = Field(default=0.0, ge=0, le=10)
-    return_plan_only: bool = False
+class OrchestrationBody(OrchestrationDirective):
+    """The orchestration as clients send it: strict, an empty mode meaning planning, and an output schema
+    (an object, or JSON text as the Go API took it) that the gateway checks itself."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    mode: Literal["adversarial", "vote", "refine", "planning", ""] = "planning"  # type: ignore[assignment]
     output_schema: dict[str, Any] | str | None = None
 
     @field_validator("mode")
@@ -117,13 +116,9 @@ class NativeChatEndpoint(Endpoint):
             await send_stream(stream, receive, send, dispatch_headers(report))
             return
         routed = await unless_disconnected(receive, self._dispatcher.chat(request, policy, ctx, shaping))
-        envelope = {
-            "negotiated_model": routed.decision.model_id,
-            "estimated_cost_usd": routed.cost_usd,
-            "routing_reason": routed.decision.reason,
-            "response": completion_json(routed),
-        }
-        await send_json(send, envelope, [*routing_headers(routed.decision), *dispatch_headers(report)])
+        decision = routed.decision
+        envelope = _envelope(decision.model_id, routed.cost_usd, decision.reason, completion_json(routed))
+        await send_json(send, envelope, [*routing_headers(decision), *dispatch_headers(report)])
 
 
 class PlanEndpoint(Endpoint):
@@ -149,18 +144,20 @@ class PlanEndpoint(Endpoint):
         shaping = Shaping(output_schema=schema)
         ctx = call_context(scope, body, report)
         result = await unless_disconnected(receive, self._dispatcher.plan(request, directive, ctx, shaping))
-        envelope = {
-            "negotiated_model": result.negotiated_model,
-            "estimated_cost_usd": result.cost_usd,
-            "routing_reason": result.routing_reason,
-            "response": result.response_json(),
-        }
-        routing = [
-            (b"x-tokenhub-model", result.negotiated_model.encode()),
-            (b"x-tokenhub-provider", result.provider_id.encode()),
-            (b"x-tokenhub-reason", result.routing_reason.encode()),
-        ]
-        await send_json(send, envelope, [*routing, *dispatch_headers(report)])
+        decision = Decision(result.negotiated_model, result.provider_id, result.routing_reason, result.calls)
+        envelope = _envelope(
+            result.negotiated_model, result.cost_usd, result.routing_reason, result.response_json()
+        )
+        await send_json(send, envelope, [*routing_headers(decision), *dispatch_headers(report)])
+
+
+def _envelope(model: str, cost_usd: float, reason: str, response: object) -> dict[str, object]:
+    return {
+        "negotiated_model": model,
+        "estimated_cost_usd": cost_usd,
+        "routing_reason": reason,
+        "response": response,
+    }
 
 
 def _chat_request(native: NativeRequest, registry: Registry) -> ChatRequest:

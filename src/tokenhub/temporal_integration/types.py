@@ -44,19 +44,35 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
 
-class ChatInput(_Model):
+class RequestInput(_Model):
+    """What both workflows get: the request, who asked and when."""
+
     request_id: str
     request: ChatRequest
-    policy: Policy
     # The request log's primary key, fixed by the gateway: a retried LogResultActivity, or a direct fallback
     # after Temporal was lost, writes the same row at most once.
     log_id: str
     api_key_id: str | None = None
     # Wall-clock seconds when the gateway received the request (latency is measured from there).
     received_at: float = 0.0
-    # Seconds ChatActivity may take; the gateway derives it from the policy's latency budget.
+    # Seconds one model call may take; the gateway derives it from the policy's latency budget.
     timeout_s: float = 300.0
     shaping: Shaping = Shaping()
+
+    def origin(self, mode: str) -> Origin:
+        return Origin(
+            request_id=self.request_id,
+            log_id=self.log_id,
+            received_at=self.received_at,
+            mode=mode,
+            stream=False,
+            requested_model=self.request.model or "auto",
+            api_key_id=self.api_key_id,
+        )
+
+
+class ChatInput(RequestInput):
+    policy: Policy
 
 
 class AttemptInfo(_Model):
@@ -235,16 +251,8 @@ class ChatOutput(_Model):
         )
 
 
-class OrchestrationInput(_Model):
-    request_id: str
-    request: ChatRequest
+class OrchestrationInput(RequestInput):
     directive: OrchestrationDirective
-    log_id: str
-    api_key_id: str | None = None
-    received_at: float = 0.0
-    # Seconds each model call may take.
-    timeout_s: float = 300.0
-    shaping: Shaping = Shaping()
 
 
 class OrchestrationOutput(_Model):

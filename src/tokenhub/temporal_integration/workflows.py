@@ -25,7 +25,6 @@ with workflow.unsafe.imports_passed_through():
     from tokenhub.engine.errors import PhaseFailed
     from tokenhub.engine.orchestration import CallResult, ModelCall, orchestrate
     from tokenhub.engine.router import check_result
-    from tokenhub.temporal_integration.records import Origin
     from tokenhub.temporal_integration.types import (
         CHAT_ACTIVITY,
         CHAT_WORKFLOW,
@@ -79,16 +78,7 @@ class ChatWorkflow:
                 raise
             # The client went away and the gateway cancelled us: the request is recorded as closed.
             output = ChatOutput(cancelled=True)
-        origin = Origin(
-            request_id=chat.request_id,
-            log_id=chat.log_id,
-            received_at=chat.received_at,
-            mode=chat.policy.mode,
-            stream=False,
-            requested_model=chat.request.model or "auto",
-            api_key_id=chat.api_key_id,
-        )
-        await _log_come_what_may(LogInput(origin=origin, outcome=output.outcome()))
+        await _log_come_what_may(LogInput(origin=chat.origin(chat.policy.mode), outcome=output.outcome()))
         return output
 
 
@@ -111,16 +101,7 @@ class OrchestrationWorkflow:
             if not is_cancelled_exception(exc):
                 raise
             output = OrchestrationOutput(cancelled=True)
-        origin = Origin(
-            request_id=plan.request_id,
-            log_id=plan.log_id,
-            received_at=plan.received_at,
-            mode=plan.directive.mode,
-            stream=False,
-            requested_model=plan.request.model or "auto",
-            api_key_id=plan.api_key_id,
-        )
-        await _log_come_what_may(LogInput(origin=origin, outcome=output.outcome()))
+        await _log_come_what_may(LogInput(origin=plan.origin(plan.directive.mode), outcome=output.outcome()))
         return output
 
 
