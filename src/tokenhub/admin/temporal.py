@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from tokenhub.admin.common import admin_error, admin_json
 from tokenhub.telemetry import Metrics
 from tokenhub.temporal_integration.breaker import Breaker
 from tokenhub.temporal_integration.flag import TemporalFlag
@@ -16,14 +16,6 @@ from tokenhub.temporal_integration.manager import TemporalManager
 class _FlagChange(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     enabled: bool
-
-
-def admin_error(status: int, message: str, kind: str = "invalid_request_error") -> Response:
-    return Response(
-        orjson.dumps({"error": {"message": message, "type": kind}}),
-        status_code=status,
-        media_type="application/json",
-    )
 
 
 class TemporalEndpoints:
@@ -60,4 +52,4 @@ class TemporalEndpoints:
             "task_queue": target.task_queue,
             "fallbacks": self._metrics.temporal_fallback_counts(),
         }
-        return Response(orjson.dumps(body), media_type="application/json")
+        return admin_json(body)

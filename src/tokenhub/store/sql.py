@@ -38,6 +38,15 @@ class SQLStore:
         if self._is_sqlite:
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The SQLAlchemy engine, for the store's own query modules (stats)."""
+        return self._engine
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self._is_sqlite
+
     async def start(self) -> None:
         """Create the database file's folder and the tables (versioned migrations arrive with issue 6)."""
         if self._is_sqlite and self.url.database and self.url.database != ":memory:":
