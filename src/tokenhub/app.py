@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
-import time
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -13,13 +14,22 @@ import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
-from tokenhub.admin import TemporalEndpoints, admin_routes
+from tokenhub.admin import (
+    AdminError,
+    CatalogEndpoints,
+    ObserveEndpoints,
+    TemporalEndpoints,
+    WorkflowEndpoints,
+    admin_error_handler,
+    admin_routes,
+)
 from tokenhub.config import Catalog, Settings
-from tokenhub.engine import Engine, HealthTracker, Limits, Provider, Registry, ResultRecorder
-from tokenhub.engine.providers import build_provider
+from tokenhub.engine import Engine, HealthTracker, Limits, Registry, ResultRecorder
+from tokenhub.engine.live_catalog import LiveCatalog
 from tokenhub.gateway import RequestIdMiddleware, exception_handlers, gateway_routes, status_of
-from tokenhub.store import RequestLogWriter, SQLStore
+from tokenhub.store import AuditStore, CatalogStore, EventRelayStore, RequestLogWriter, Secrets, SQLStore
 from tokenhub.telemetry import EventBus, Metrics
+from tokenhub.telemetry.relay import EventForwarder, EventImporter
 from tokenhub.temporal_integration.activities import Activities
 from tokenhub.temporal_integration.breaker import STATE_VALUES, Breaker, BreakerState
 from tokenhub.temporal_integration.direct import DirectDispatcher
@@ -40,8 +50,10 @@ class Components:
     metrics: Metrics
     events: EventBus
     health: HealthTracker
-    registry: Registry
     engine: Engine
+    catalog: LiveCatalog
+    audit: AuditStore
+    relay: EventForwarder | EventImporter
     flag: TemporalFlag
     breaker: Breaker
     manager: TemporalManager
@@ -50,14 +62,14 @@ class Components:
     async def start(self) -> None:
         await self.store.start()
         await self.writer.start()
-        for provider in self.registry.providers().values():
-            await provider.start()
+        await self.catalog.start()  # seeds the store from the config file on first start, then loads
+        await self.relay.start()
         await self.flag.load()  # starts the Temporal connection when the flag is on
 
     async def aclose(self) -> None:
         await self.manager.aclose()  # drains the worker first: its activities still need the rest
-        for provider in self.registry.providers().values():
-            await provider.aclose()
+        await self.relay.aclose()
+        await self.catalog.aclose()
         await self.writer.aclose()
         await self.store.aclose()
 
@@ -82,25 +94,31 @@ def build_components(settings: Settings, catalog: Catalog, *, run_worker: bool |
         metrics.temporal_status(connected=connected, worker_running=worker_running)
 
     health = HealthTracker(on_change=health_changed)
-    connect_timeout = min(5.0, settings.provider_timeout_secs)
-    providers: dict[str, Provider] = {
-        p.id: build_provider(p, catalog.api_keys.get(p.id), connect_timeout=connect_timeout)
-        for p in catalog.providers
-    }
-    registry = Registry.from_catalog(catalog, providers, created=int(time.time()))
-    for provider_id in providers:
-        metrics.health_state(provider_id, "healthy")
     engine = Engine(
-        registry,
+        Registry((), {}, ()),  # the live catalogue fills it at start
         health,
         metrics,
         events,
         Limits(attempt=settings.provider_timeout_secs, request=settings.request_timeout_secs),
     )
     store = SQLStore(settings.async_db_url)
+    live_catalog = LiveCatalog(
+        engine,
+        CatalogStore(store),
+        Secrets(settings.secret_key),
+        catalog,
+        metrics,
+        connect_timeout=min(5.0, settings.provider_timeout_secs),
+        poll_s=settings.catalog_poll_ms / 1000,
+        retire_after_s=settings.request_timeout_secs,
+    )
     writer = RequestLogWriter(store, flush_interval_s=settings.log_flush_interval_ms / 1000)
     recorder = ResultRecorder(writer, metrics, events)
     worker = settings.temporal_worker if run_worker is None else run_worker
+    # A worker process has no event stream of its own: it forwards its events for the gateways to show.
+    source = f"{socket.gethostname()}:{os.getpid()}"
+    relays = EventRelayStore(store)
+    relay = EventForwarder(events, relays, source) if run_worker else EventImporter(events, relays, source)
     manager = TemporalManager(
         TemporalTarget(settings.temporal_host, settings.temporal_namespace, settings.temporal_task_queue),
         Activities(engine, recorder, status_of) if worker else None,
@@ -131,8 +149,10 @@ def build_components(settings: Settings, catalog: Catalog, *, run_worker: bool |
         metrics=metrics,
         events=events,
         health=health,
-        registry=registry,
         engine=engine,
+        catalog=live_catalog,
+        audit=AuditStore(store),
+        relay=relay,
         flag=flag,
         breaker=breaker,
         manager=manager,
@@ -148,8 +168,8 @@ def build_app(settings: Settings, catalog: Catalog) -> Starlette:
         await parts.start()
         log.info(
             "tokenhub_started",
-            models=[m.id for m in parts.registry.routable()],
-            providers=sorted(parts.registry.providers()),
+            models=[m.id for m in parts.engine.registry.routable()],
+            providers=sorted(parts.engine.registry.providers()),
             db=parts.store.url.render_as_string(),
             temporal=parts.flag.enabled,
         )
@@ -161,7 +181,7 @@ def build_app(settings: Settings, catalog: Catalog) -> Starlette:
 
     routes = gateway_routes(
         dispatcher=parts.dispatcher,
-        registry=parts.registry,
+        engine=parts.engine,
         health=parts.health,
         store=parts.store,
         metrics=parts.metrics,
@@ -170,12 +190,17 @@ def build_app(settings: Settings, catalog: Catalog) -> Starlette:
     )
     admin = admin_routes(
         token=settings.admin_token,
-        temporal=TemporalEndpoints(parts.flag, parts.manager, parts.breaker, parts.metrics),
+        temporal=TemporalEndpoints(parts.flag, parts.manager, parts.breaker, parts.metrics, parts.audit),
+        workflows=WorkflowEndpoints(parts.manager, parts.flag, show_content=settings.admin_show_content),
+        catalog=CatalogEndpoints(
+            parts.catalog, parts.engine, parts.audit, default_mode=settings.default_mode
+        ),
+        observe=ObserveEndpoints(parts.engine, parts.catalog, parts.store, parts.audit, parts.events),
     )
     app = Starlette(
         routes=[*routes, admin],
         middleware=[Middleware(RequestIdMiddleware)],
-        exception_handlers=exception_handlers,
+        exception_handlers={**exception_handlers, AdminError: admin_error_handler},
         lifespan=lifespan,
     )
     app.state.components = parts

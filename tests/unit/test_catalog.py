@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
 
 import pytest
 
 from tokenhub.config import ConfigError, SimulatedOptions, load_catalog
-from tokenhub.engine import Provider, Registry
+from tokenhub.engine.live_catalog import model_row, model_spec
 
 SIM_PROVIDER = """\
 providers:
@@ -81,7 +81,7 @@ def test_a_valid_file_loads_providers_models_and_keys(tmp_path: Path) -> None:
     assert catalog.models[0].input_per_1k == 0.001
     assert catalog.models[1].upstream_model == "meta/llama-70b"
     assert catalog.models[1].max_context_tokens == 131072
-    assert catalog.api_keys == {"vllm": "secret-value"}
+    assert catalog.providers[1].api_key_env == "VLLM_KEY"
 
 
 @pytest.mark.parametrize(
@@ -117,9 +117,7 @@ def test_upstream_model_is_left_unset_in_the_file_and_defaults_to_the_id_in_the_
     catalog = load_catalog(path, {})
 
     assert catalog.models[0].upstream_model is None
-    providers = {"sim": cast(Provider, object())}
-    spec = Registry.from_catalog(catalog, providers, created=0).get_routable("demo-mini")
-    assert spec is not None
+    spec = model_spec(model_row(catalog.models[0], datetime.now(UTC)))
     assert spec.upstream_model == "demo-mini"
 
 
@@ -132,21 +130,15 @@ def test_api_key_is_read_from_the_environ_argument_not_the_process_environment(
         "providers:\n  - id: up\n    type: openai\n    base_url: http://h\n    api_key_env: UP_KEY\n",
     )
 
-    assert load_catalog(path, {"UP_KEY": "from-argument"}).api_keys == {"up": "from-argument"}
+    load_catalog(path, {"UP_KEY": "from-argument"})  # set in the given environment: fine
     error = load_error(path, {})
     assert_operator_message(error, 'providers[0] (id "up")', "api_key_env", "UP_KEY", "not set")
-
-
-def test_a_provider_without_api_key_env_has_no_key(tmp_path: Path) -> None:
-    path = write_catalog(tmp_path, "providers:\n  - id: up\n    type: openai\n    base_url: http://h\n")
-
-    assert load_catalog(path, {"OPENAI_API_KEY": "k"}).api_keys == {}
 
 
 def test_an_empty_file_is_an_empty_catalog(tmp_path: Path) -> None:
     catalog = load_catalog(write_catalog(tmp_path, ""), {})
 
-    assert (catalog.providers, catalog.models, dict(catalog.api_keys)) == ((), (), {})
+    assert (catalog.providers, catalog.models) == ((), ())
 
 
 @pytest.mark.parametrize(

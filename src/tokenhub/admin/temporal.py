@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tokenhub.admin.common import admin_error, admin_json
+from tokenhub.store import AuditStore
 from tokenhub.telemetry import Metrics
 from tokenhub.temporal_integration.breaker import Breaker
 from tokenhub.temporal_integration.flag import TemporalFlag
@@ -20,12 +21,18 @@ class _FlagChange(BaseModel):
 
 class TemporalEndpoints:
     def __init__(
-        self, flag: TemporalFlag, manager: TemporalManager, breaker: Breaker, metrics: Metrics
+        self,
+        flag: TemporalFlag,
+        manager: TemporalManager,
+        breaker: Breaker,
+        metrics: Metrics,
+        audit: AuditStore,
     ) -> None:
         self._flag = flag
         self._manager = manager
         self._breaker = breaker
         self._metrics = metrics
+        self._audit = audit
 
     async def get(self, request: Request) -> Response:
         return self._status()
@@ -38,6 +45,8 @@ class TemporalEndpoints:
             where = ".".join(str(p) for p in first["loc"]) or "body"
             return admin_error(400, f'{where}: {first["msg"]} (expected {{"enabled": true|false}})')
         await self._flag.set(change.enabled)
+        actor = request.scope["state"]["admin_actor"]
+        await self._audit.record(actor, "temporal.set", "temporal", {"enabled": change.enabled})
         return self._status()
 
     def _status(self) -> Response:

@@ -126,15 +126,14 @@ class _NestedError(ValueError):
 
 @dataclass(frozen=True)
 class Catalog:
-    """The validated providers and models, plus each provider's API key read from its env var."""
+    """The validated providers and models of a config file (keys stay in their environment variables)."""
 
     providers: tuple[ProviderConfig, ...]
     models: tuple[ModelConfig, ...]
-    api_keys: Mapping[str, str]
 
     @classmethod
     def empty(cls) -> Catalog:
-        return cls(providers=(), models=(), api_keys={})
+        return cls(providers=(), models=())
 
 
 def load_catalog(path: Path, environ: Mapping[str, str] | None = None) -> Catalog:
@@ -167,19 +166,15 @@ def load_catalog(path: Path, environ: Mapping[str, str] | None = None) -> Catalo
 
 def _check_references(path: Path, parsed: _CatalogFile, env: Mapping[str, str]) -> Catalog:
     provider_ids: dict[str, int] = {}
-    api_keys: dict[str, str] = {}
     for i, provider in enumerate(parsed.providers):
         where = f'providers[{i}] (id "{provider.id}")'
         if provider.id in provider_ids:
             raise ConfigError(f"{path}: {where}: id: duplicate of providers[{provider_ids[provider.id]}]")
         provider_ids[provider.id] = i
-        if provider.api_key_env:
-            key = env.get(provider.api_key_env)
-            if not key:
-                raise ConfigError(
-                    f"{path}: {where}: api_key_env: environment variable {provider.api_key_env} is not set"
-                )
-            api_keys[provider.id] = key
+        if provider.api_key_env and not env.get(provider.api_key_env):
+            raise ConfigError(
+                f"{path}: {where}: api_key_env: environment variable {provider.api_key_env} is not set"
+            )
     model_ids: dict[str, int] = {}
     for i, model in enumerate(parsed.models):
         where = f'models[{i}] (id "{model.id}")'
@@ -193,7 +188,7 @@ def _check_references(path: Path, parsed: _CatalogFile, env: Mapping[str, str]) 
             )
         if model.id == "auto":
             raise ConfigError(f'{path}: {where}: id: "auto" is reserved for letting the engine choose')
-    return Catalog(providers=tuple(parsed.providers), models=tuple(parsed.models), api_keys=api_keys)
+    return Catalog(providers=tuple(parsed.providers), models=tuple(parsed.models))
 
 
 def _describe(exc: ValidationError, raw: Mapping[str, Any]) -> str:

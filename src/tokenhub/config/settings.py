@@ -35,8 +35,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     log_flush_interval_ms: int = Field(default=200, gt=0, le=60_000)
 
+    # Encrypts provider API keys stored through the admin API; without it, only api_key_env is accepted.
+    secret_key: str | None = Field(default=None, min_length=16)
+    # How often every process checks the store for catalogue changes made elsewhere.
+    catalog_poll_ms: int = Field(default=1000, ge=50, le=60_000)
     # Admin API: Authorization: Bearer <token>. Unset means the admin API refuses every request.
     admin_token: str | None = Field(default=None, min_length=16)
+    # Show prompt and answer text in GET /admin/v1/workflows/{id}; off by default (summaries only).
+    admin_show_content: bool = False
 
     # Temporal. The flag's start value only: PUT /admin/v1/temporal changes it, and the change persists.
     temporal_enabled: bool = False

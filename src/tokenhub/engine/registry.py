@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from tokenhub.config import Catalog
 from tokenhub.engine.providers.base import Provider, Target
 
 
@@ -44,24 +43,6 @@ class Registry:
             if m.enabled and m.provider_id in enabled and m.provider_id in self._providers
         )
         self._routable_ids = {m.id: m for m in self._routable}
-
-    @classmethod
-    def from_catalog(cls, catalog: Catalog, providers: Mapping[str, Provider], created: int) -> Registry:
-        models = [
-            ModelSpec(
-                id=m.id,
-                provider_id=m.provider_id,
-                upstream_model=m.upstream_model or m.id,
-                weight=m.weight,
-                max_context_tokens=m.max_context_tokens,
-                input_per_1k=m.input_per_1k,
-                output_per_1k=m.output_per_1k,
-                created=created,
-                enabled=m.enabled,
-            )
-            for m in catalog.models
-        ]
-        return cls(models, providers, (p.id for p in catalog.providers if p.enabled))
 
     def routable(self) -> tuple[ModelSpec, ...]:
         """Enabled models whose provider is enabled, in configuration order."""

@@ -10,13 +10,20 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import orjson
 
-from tokenhub.engine.errors import ModelNotFound, NoEligibleModel, OutputInvalid, RoutingFailed, UpstreamError
+from tokenhub.engine.errors import (
+    IneligibleReason,
+    ModelNotFound,
+    NoEligibleModel,
+    OutputInvalid,
+    RoutingFailed,
+    UpstreamError,
+)
 from tokenhub.engine.health import HealthTracker
 from tokenhub.engine.orchestration import (
     CallResult,
@@ -27,7 +34,7 @@ from tokenhub.engine.orchestration import (
 )
 from tokenhub.engine.providers.base import Chunk, estimate_tokens
 from tokenhub.engine.registry import ModelSpec, Registry
-from tokenhub.engine.scoring import Estimate, ineligibility, output_cap, rank
+from tokenhub.engine.scoring import Estimate, ineligibility, output_cap, scores
 from tokenhub.engine.shaping import Shaping, shape_completion, validate_value
 from tokenhub.engine.streaming import ChatStream, ChunkNormaliser, is_substantive
 from tokenhub.engine.types import ChatCompletion, ChatRequest, Decision, Policy, TokenCount
@@ -45,6 +52,16 @@ class Routed:
     decision: Decision
     tokens: TokenCount
     cost_usd: float
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """A routing decision laid open: eligible models best first with their scores (lower is better), and
+    why every other model was skipped."""
+
+    ranked: list[tuple[ModelSpec, float]]
+    ineligible: Mapping[str, IneligibleReason]
+    estimate: Estimate
 
 
 @dataclass(frozen=True)
@@ -90,6 +107,28 @@ class Engine:
 
         Raises ``ModelNotFound`` for an unknown name and ``NoEligibleModel`` when nothing may serve.
         """
+        simulation = self.simulate(request, policy, pin=pin, exclude=exclude, avoid=avoid)
+        if not simulation.ranked:
+            reasons = simulation.ineligible
+            waits = [
+                self.health.retry_after(m.provider_id)
+                for m in self.registry.routable()
+                if reasons.get(m.id) == "unhealthy"
+            ]
+            raise NoEligibleModel(dict(reasons), retry_after=min(waits) if waits else None)
+        return [model for model, _ in simulation.ranked], simulation.estimate
+
+    def simulate(
+        self,
+        request: ChatRequest,
+        policy: Policy,
+        *,
+        pin: bool = False,
+        exclude: Collection[str] = (),
+        avoid: Collection[str] = (),
+    ) -> Simulation:
+        """How ``plan`` would decide, without deciding: every candidate's score and every skipped model's
+        reason. Raises ``ModelNotFound`` for an unknown name."""
         named = None
         if request.model and request.model != AUTO:
             named = self.registry.get_routable(request.model)
@@ -97,7 +136,7 @@ class Engine:
                 raise ModelNotFound(request.model)
         estimate = Estimate(input_tokens=_estimate_input(request), output_limit=request.output_limit)
         eligible: list[ModelSpec] = []
-        reasons = {}
+        reasons: dict[str, IneligibleReason] = {}
         considered = (named,) if pin and named is not None else self.registry.routable()
         for model in (m for m in considered if m.id not in exclude):
             why = ineligibility(model, policy, estimate, self.health)
@@ -105,20 +144,11 @@ class Engine:
                 eligible.append(model)
             else:
                 reasons[model.id] = why
-        ranked = rank(eligible, policy, estimate, self.health)
-        if avoid:
-            ranked.sort(key=lambda m: m.id in avoid)  # stable: the order within each group stays
-        if named is not None and named in ranked:
-            ranked.remove(named)
-            ranked.insert(0, named)
-        if not ranked:
-            waits = [
-                self.health.retry_after(m.provider_id)
-                for m in self.registry.routable()
-                if reasons.get(m.id) == "unhealthy"
-            ]
-            raise NoEligibleModel(reasons, retry_after=min(waits) if waits else None)
-        return ranked, estimate
+        ranked = scores(eligible, policy, estimate, self.health)
+        # Stable sorts: avoided models go last, then a named model first; the order within groups stays.
+        ranked.sort(key=lambda pair: pair[0].id in avoid)
+        ranked.sort(key=lambda pair: pair[0] is not named)
+        return Simulation(ranked=ranked, ineligible=reasons, estimate=estimate)
 
     async def route_and_send(
         self,

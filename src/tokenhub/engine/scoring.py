@@ -81,8 +81,15 @@ def rank(
     models: Sequence[ModelSpec], policy: Policy, estimate: Estimate, health: HealthTracker
 ) -> list[ModelSpec]:
     """Order eligible ``models`` best first (ties: heavier weight, then id)."""
-    if len(models) < 2:
-        return list(models)
+    return [model for model, _ in scores(models, policy, estimate, health)]
+
+
+def scores(
+    models: Sequence[ModelSpec], policy: Policy, estimate: Estimate, health: HealthTracker
+) -> list[tuple[ModelSpec, float]]:
+    """Each eligible model with its score (lower is better), best first."""
+    if not models:
+        return []
     w_cost, w_latency, w_failure, w_weight = MODE_WEIGHTS[policy.mode]
     costs = [m.cost_usd(estimate.input_tokens, estimate.output_tokens) for m in models]
     snapshots = [health.snapshot(m.provider_id) for m in models]
@@ -90,15 +97,11 @@ def rank(
     failures = [s.error_rate for s in snapshots]
     weights = [m.weight for m in models]
     n_cost, n_lat, n_fail, n_weight = (_normalise(v) for v in (costs, latencies, failures, weights))
-    scored = sorted(
-        range(len(models)),
-        key=lambda i: (
-            w_cost * n_cost[i] + w_latency * n_lat[i] + w_failure * n_fail[i] - w_weight * n_weight[i],
-            -models[i].weight,
-            models[i].id,
-        ),
-    )
-    return [models[i] for i in scored]
+    scored = [
+        (m, w_cost * n_cost[i] + w_latency * n_lat[i] + w_failure * n_fail[i] - w_weight * n_weight[i])
+        for i, m in enumerate(models)
+    ]
+    return sorted(scored, key=lambda pair: (pair[1], -pair[0].weight, pair[0].id))
 
 
 def _normalise(values: list[float]) -> list[float]:

@@ -4,7 +4,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Route
 
 from tokenhub.config import Mode
-from tokenhub.engine import EngineError, HealthTracker, Registry
+from tokenhub.engine import Engine, EngineError, HealthTracker
 from tokenhub.gateway.chat import ChatCompletionsEndpoint
 from tokenhub.gateway.errors import BodyTooLarge, ErrorReply, reply_for, status_of
 from tokenhub.gateway.exchange import Dispatcher, StreamHandle
@@ -36,7 +36,7 @@ __all__ = [
 def gateway_routes(
     *,
     dispatcher: Dispatcher,
-    registry: Registry,
+    engine: Engine,
     health: HealthTracker,
     store: Store,
     metrics: Metrics,
@@ -44,12 +44,10 @@ def gateway_routes(
     max_body_bytes: int,
 ) -> list[Route]:
     chat = ChatCompletionsEndpoint(dispatcher, default_mode=default_mode, max_body_bytes=max_body_bytes)
-    native = NativeChatEndpoint(
-        dispatcher, registry, default_mode=default_mode, max_body_bytes=max_body_bytes
-    )
-    plan = PlanEndpoint(dispatcher, registry, max_body_bytes=max_body_bytes)
-    models = ModelsEndpoints(registry)
-    probes = HealthEndpoints(registry, health, store, metrics)
+    native = NativeChatEndpoint(dispatcher, engine, default_mode=default_mode, max_body_bytes=max_body_bytes)
+    plan = PlanEndpoint(dispatcher, engine, max_body_bytes=max_body_bytes)
+    models = ModelsEndpoints(engine)
+    probes = HealthEndpoints(engine, health, store, metrics)
     return [
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/chat", native, methods=["POST"]),

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from starlette.types import Receive, Scope, Send
 
 from tokenhub.config import Mode
-from tokenhub.engine import ChatRequest, Decision, InvalidRequest, ModelNotFound, Policy, Registry
+from tokenhub.engine import ChatRequest, Decision, Engine, InvalidRequest, ModelNotFound, Policy, Registry
 from tokenhub.engine.directives import extract_directives
 from tokenhub.engine.orchestration import OrchestrationDirective
 from tokenhub.engine.shaping import OutputFormat, Shaping, check_schema
@@ -95,18 +95,18 @@ class PlanBody(_Strict):
 
 class NativeChatEndpoint(Endpoint):
     def __init__(
-        self, dispatcher: Dispatcher, registry: Registry, *, default_mode: Mode, max_body_bytes: int
+        self, dispatcher: Dispatcher, engine: Engine, *, default_mode: Mode, max_body_bytes: int
     ) -> None:
         super().__init__(max_body_bytes)
         self._dispatcher = dispatcher
-        self._registry = registry
+        self._engine = engine
         self._default_mode = default_mode
 
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, report: DispatchReport
     ) -> None:
         parsed = parse_body(body, NativeChatBody)
-        request, directives = extract_directives(_chat_request(parsed.request, self._registry))
+        request, directives = extract_directives(_chat_request(parsed.request, self._engine.registry))
         policy = directives.apply(request_policy(scope, _policy(parsed.policy, self._default_mode)))
         schema = directives.output_schema or _schema(parsed.request.output_schema, "request.output_schema")
         shaping = _shaping(parsed.output_format, schema)
@@ -122,10 +122,10 @@ class NativeChatEndpoint(Endpoint):
 
 
 class PlanEndpoint(Endpoint):
-    def __init__(self, dispatcher: Dispatcher, registry: Registry, *, max_body_bytes: int) -> None:
+    def __init__(self, dispatcher: Dispatcher, engine: Engine, *, max_body_bytes: int) -> None:
         super().__init__(max_body_bytes)
         self._dispatcher = dispatcher
-        self._registry = registry
+        self._engine = engine
 
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, report: DispatchReport
@@ -133,11 +133,11 @@ class PlanEndpoint(Endpoint):
         parsed = parse_body(body, PlanBody)
         if parsed.request.stream:
             raise InvalidRequest("/v1/plan does not stream.", param="request.stream", code="invalid_value")
-        request = _chat_request(parsed.request, self._registry)
+        request = _chat_request(parsed.request, self._engine.registry)
         spec = parsed.orchestration
         for field in ("primary_model_id", "review_model_id"):
             model_id = getattr(spec, field)
-            if model_id and self._registry.get_routable(model_id) is None:
+            if model_id and self._engine.registry.get_routable(model_id) is None:
                 raise ModelNotFound(model_id)
         directive = OrchestrationDirective.model_validate(spec.model_dump(exclude={"output_schema"}))
         schema = _schema(spec.output_schema, "orchestration.output_schema")

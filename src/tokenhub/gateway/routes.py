@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tokenhub.engine import HealthTracker, ModelNotFound, ModelSpec, Registry
+from tokenhub.engine import Engine, HealthTracker, ModelNotFound, ModelSpec
 from tokenhub.gateway.errors import ErrorReply, reply_for
 from tokenhub.store import Store
 from tokenhub.telemetry import Metrics
@@ -33,15 +33,17 @@ def error_response(reply: ErrorReply) -> Response:
 
 
 class ModelsEndpoints:
-    def __init__(self, registry: Registry) -> None:
-        self._registry = registry
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
 
     async def list(self, request: Request) -> Response:
-        return json_response({"object": "list", "data": [_model(m) for m in self._registry.routable()]})
+        return json_response(
+            {"object": "list", "data": [_model(m) for m in self._engine.registry.routable()]}
+        )
 
     async def retrieve(self, request: Request) -> Response:
         model_id = request.path_params["model_id"]
-        spec = self._registry.get_routable(model_id)
+        spec = self._engine.registry.get_routable(model_id)
         if spec is None:
             return error_response(reply_for(ModelNotFound(model_id)))
         return json_response(_model(spec))
@@ -52,8 +54,8 @@ def _model(spec: ModelSpec) -> dict[str, object]:
 
 
 class HealthEndpoints:
-    def __init__(self, registry: Registry, health: HealthTracker, store: Store, metrics: Metrics) -> None:
-        self._registry = registry
+    def __init__(self, engine: Engine, health: HealthTracker, store: Store, metrics: Metrics) -> None:
+        self._engine = engine
         self._health = health
         self._store = store
         self._metrics = metrics
@@ -69,8 +71,10 @@ class HealthEndpoints:
                 await self._store.ping()
         except Exception as exc:  # noqa: BLE001 - any driver error means "not ready", reported by name
             store = f"unavailable: {type(exc).__name__}"
-        providers = {pid: self._health.snapshot(pid).state for pid in self._registry.providers()}
-        available = [m.id for m in self._registry.routable() if self._health.is_available(m.provider_id)]
+        providers = {pid: self._health.snapshot(pid).state for pid in self._engine.registry.providers()}
+        available = [
+            m.id for m in self._engine.registry.routable() if self._health.is_available(m.provider_id)
+        ]
         ready = store == "ok" and bool(available)
         return json_response(
             {

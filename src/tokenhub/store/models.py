@@ -38,3 +38,49 @@ class RequestLog:
 
     def as_row(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ProviderRow:
+    """A provider as stored. ``api_key_encrypted`` is ciphertext (see ``store.secret_keys``), never a key."""
+
+    id: str
+    type: str
+    base_url: str | None
+    api_key_env: str | None
+    api_key_encrypted: str | None
+    options: dict[str, Any]
+    enabled: bool
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    id: str
+    provider_id: str
+    upstream_model: str | None
+    weight: float
+    max_context_tokens: int
+    input_per_1k: float
+    output_per_1k: float
+    enabled: bool
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RelayedEvent:
+    id: int
+    at: datetime
+    source: str
+    type: str
+    data: dict[str, Any]

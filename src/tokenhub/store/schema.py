@@ -31,7 +31,8 @@ request_logs = Table(
     Column("latency_ms", Float, nullable=False),
     Column("ttft_ms", Float, nullable=True),
 )
-Index("ix_request_logs_created_at", request_logs.c.created_at)
+# The log page reads newest first and continues from (created_at, id); the stats window scans created_at.
+Index("ix_request_logs_created_at_id", request_logs.c.created_at, request_logs.c.id)
 Index("ix_request_logs_request_id", request_logs.c.request_id)
 
 # Settings changed at runtime (the Temporal flag, …) that must outlive a restart.
@@ -42,3 +43,56 @@ runtime_settings = Table(
     Column("value", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
+
+# The providers and models the engine routes to. The config file seeds them at first start; the admin API
+# changes them at runtime. A provider's literal API key is stored encrypted (never in plain text).
+providers = Table(
+    "providers",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("type", String(32), nullable=False),
+    Column("base_url", Text, nullable=True),
+    Column("api_key_env", String(128), nullable=True),
+    Column("api_key_encrypted", Text, nullable=True),
+    Column("options", Text, nullable=False),  # JSON
+    Column("enabled", Boolean, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+models = Table(
+    "models",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("provider_id", String(128), nullable=False),
+    Column("upstream_model", String(256), nullable=True),
+    Column("weight", Float, nullable=False),
+    Column("max_context_tokens", Integer, nullable=False),
+    Column("input_per_1k", Float, nullable=False),
+    Column("output_per_1k", Float, nullable=False),
+    Column("enabled", Boolean, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Every admin change: who (the admin token's id), what, when.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(256), nullable=False),
+    Column("detail", Text, nullable=False),  # JSON
+)
+
+# Events from processes without an HTTP server (``tokenhub worker``), relayed to the gateways' event streams.
+relayed_events = Table(
+    "relayed_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("source", String(128), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("data", Text, nullable=False),  # JSON
+)
+Index("ix_relayed_events_at", relayed_events.c.at)
