@@ -57,7 +57,8 @@ class LiveCatalog:
         self.providers: list[ProviderRow] = []
         self.models: list[ModelRow] = []
         self._watcher: asyncio.Task[None] | None = None
-        self._retiring: set[asyncio.Task[None]] = set()
+        # Providers replaced or removed, waiting for their in-flight calls before being closed.
+        self._retiring: dict[asyncio.Task[None], Provider] = {}
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -76,8 +77,9 @@ class LiveCatalog:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
-        for task in list(self._retiring):
+        for task, provider in list(self._retiring.items()):
             task.cancel()
+            await provider.aclose()
         for _, provider in self._live.values():
             await provider.aclose()
         self._live.clear()
@@ -172,8 +174,8 @@ class LiveCatalog:
             await provider.aclose()
 
         task = asyncio.create_task(close_later())
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retiring[task] = provider
+        task.add_done_callback(lambda done: self._retiring.pop(done, None))
 
     async def _watch(self) -> None:
         while True:
