@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     worker = commands.add_parser("worker", help="run a Temporal worker alone (no HTTP)")
     worker.add_argument("--config", type=Path, help="providers/models YAML file (default TOKENHUB_CONFIG)")
+    commands.add_parser(
+        "migrate", help="bring the database (TOKENHUB_DB_URL) up to the current schema, then exit"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             updates["listen_addr"] = f"{args.host or settings.host}:{port}"
         if updates:
             settings = Settings.model_validate({**settings.model_dump(), **updates})
-        config_path = args.config or settings.config
+        config_path = getattr(args, "config", None) or settings.config
         catalog = load_catalog(config_path) if config_path else Catalog.empty()
     except ConfigError as exc:
         return _config_error(str(exc))
@@ -52,11 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         name = "TOKENHUB_" + "_".join(str(p) for p in error["loc"]).upper()
         return _config_error(f"{name}: {error['msg'].removeprefix('Value error, ')}")
     configure_logging(settings.log_level, settings.log_format)
-    if config_path is None:
+    if config_path is None and args.command != "migrate":
         structlog.get_logger("tokenhub").warning(
             "no_config",
             detail="no providers/models file given (--config or TOKENHUB_CONFIG): nothing to route to",
         )
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings))
     if args.command == "worker":
         from tokenhub.app import run_worker
 
@@ -96,6 +101,18 @@ class _Server(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
+
+
+async def _migrate(settings: Settings) -> int:
+    from tokenhub.store import SQLStore
+
+    store = SQLStore(settings.async_db_url)
+    try:
+        applied = await store.migrate()
+    finally:
+        await store.aclose()
+    structlog.get_logger("tokenhub").info("migrated", applied=applied, db=store.url.render_as_string())
+    return 0
 
 
 def _config_error(message: str) -> int:

@@ -12,8 +12,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from tokenhub.store.migrations import migrate
 from tokenhub.store.models import RequestLog
-from tokenhub.store.schema import metadata, request_logs, runtime_settings
+from tokenhub.store.schema import request_logs, runtime_settings
 
 
 class Store(Protocol):
@@ -48,11 +49,15 @@ class SQLStore:
         return self._is_sqlite
 
     async def start(self) -> None:
-        """Create the database file's folder and the tables (versioned migrations arrive with issue 6)."""
+        """Create the database file's folder and bring the schema up to date (``store.migrations``)."""
+        await self.migrate()
+
+    async def migrate(self) -> list[int]:
+        """Apply any migrations the database lacks; the versions applied."""
         if self._is_sqlite and self.url.database and self.url.database != ":memory:":
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
-        async with self._engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        async with self._engine.connect() as conn:
+            return await conn.run_sync(migrate)
 
     async def aclose(self) -> None:
         await self._engine.dispose()

@@ -37,3 +37,6 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     # uvicorn and libraries log through the standard library; keep their level in step with ours.
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("alembic").setLevel(
+        max(numeric, logging.WARNING)
+    )  # its progress lines are ours to tell
