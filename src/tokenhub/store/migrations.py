@@ -134,8 +134,46 @@ def _v1_baseline(op: Operations) -> None:
     op.create_index("ix_relayed_events_at", "relayed_events", ["at"])
 
 
+def _v2_access(op: Operations) -> None:
+    op.create_table(
+        "api_keys",
+        Column("id", String(32), primary_key=True),
+        Column("name", String(128), nullable=False),
+        Column("prefix", String(16), nullable=False),
+        Column("hash", String(64), nullable=False, unique=True),
+        Column("previous_hash", String(64), nullable=True, unique=True),
+        Column("previous_valid_until", DateTime(timezone=True), nullable=True),
+        Column("scopes", Text, nullable=False),
+        Column("models", Text, nullable=True),
+        Column("budget_usd", Float, nullable=True),
+        Column("budget_period", String(8), nullable=True),
+        Column("rpm", Integer, nullable=True),
+        Column("tpm", Integer, nullable=True),
+        Column("expires_at", DateTime(timezone=True), nullable=True),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("revoked_at", DateTime(timezone=True), nullable=True),
+        Column("last_used_at", DateTime(timezone=True), nullable=True),
+    )
+    op.create_table(
+        "key_spend",
+        Column("key_id", String(32), primary_key=True),
+        Column("period", String(16), primary_key=True),
+        Column("spent_usd", Float, nullable=False),
+        Column("reserved_usd", Float, nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+    )
+    op.create_table(
+        "rate_counters",
+        Column("bucket", String(200), primary_key=True),
+        Column("count", Integer, nullable=False),
+        Column("expires_at", DateTime(timezone=True), nullable=False),
+    )
+    op.create_index("ix_rate_counters_expires_at", "rate_counters", ["expires_at"])
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "request logs, runtime settings, catalogue, audit log, event relay", _v1_baseline),
+    Migration(2, "API keys, their spend, rate-limit counters", _v2_access),
 )
 
 

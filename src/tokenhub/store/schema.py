@@ -96,3 +96,48 @@ relayed_events = Table(
     Column("data", Text, nullable=False),  # JSON
 )
 Index("ix_relayed_events_at", relayed_events.c.at)
+
+
+# API keys: only a keyed hash of each secret is kept. ``previous_hash`` stays valid until
+# ``previous_valid_until`` after a rotation.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("prefix", String(16), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+    Column("previous_hash", String(64), nullable=True, unique=True),
+    Column("previous_valid_until", DateTime(timezone=True), nullable=True),
+    Column("scopes", Text, nullable=False),  # JSON list
+    Column("models", Text, nullable=True),  # JSON list, or null for every model
+    Column("budget_usd", Float, nullable=True),
+    Column("budget_period", String(8), nullable=True),
+    Column("rpm", Integer, nullable=True),
+    Column("tpm", Integer, nullable=True),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+)
+
+# Spend per key and budget period, reserved before a call and settled after it (``store.spend``).
+key_spend = Table(
+    "key_spend",
+    metadata,
+    Column("key_id", String(32), primary_key=True),
+    Column("period", String(16), primary_key=True),
+    Column("spent_usd", Float, nullable=False),
+    Column("reserved_usd", Float, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Fixed-window counters for rate limits shared by replicas (``store.ratelimit``).
+rate_counters = Table(
+    "rate_counters",
+    metadata,
+    Column("bucket", String(200), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+Index("ix_rate_counters_expires_at", rate_counters.c.expires_at)
