@@ -14,9 +14,11 @@ import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
+from tokenhub.access import KeyBudgets, KeyRing, TokenMeter
 from tokenhub.admin import (
     AdminError,
     CatalogEndpoints,
+    KeyEndpoints,
     ObserveEndpoints,
     TemporalEndpoints,
     WorkflowEndpoints,
@@ -27,7 +29,11 @@ from tokenhub.config import Catalog, Settings
 from tokenhub.engine import Engine, HealthTracker, Limits, Registry, ResultRecorder
 from tokenhub.engine.live_catalog import LiveCatalog
 from tokenhub.gateway import RequestIdMiddleware, exception_handlers, gateway_routes, status_of
+from tokenhub.gateway.auth import AccessControl
 from tokenhub.store import AuditStore, CatalogStore, EventRelayStore, RequestLogWriter, Secrets, SQLStore
+from tokenhub.store.keys import KeyStore
+from tokenhub.store.ratelimit import RateLimiter, rate_limiter
+from tokenhub.store.spend import SpendStore
 from tokenhub.telemetry import EventBus, Metrics
 from tokenhub.telemetry.relay import EventForwarder, EventImporter
 from tokenhub.temporal_integration.activities import Activities
@@ -52,6 +58,9 @@ class Components:
     health: HealthTracker
     engine: Engine
     catalog: LiveCatalog
+    keys: KeyRing
+    spend: SpendStore
+    limiter: RateLimiter
     audit: AuditStore
     relay: EventForwarder | EventImporter
     flag: TemporalFlag
@@ -60,15 +69,18 @@ class Components:
     dispatcher: TemporalDispatcher
 
     async def start(self) -> None:
-        await self.store.start()
+        await self.store.start()  # brings the schema up to date first
         await self.writer.start()
         await self.catalog.start()  # seeds the store from the config file on first start, then loads
+        await self.keys.start()
         await self.relay.start()
-        await self.flag.load()  # starts the Temporal connection when the flag is on
+        await self.flag.start()  # starts the Temporal connection when the flag is on
 
     async def aclose(self) -> None:
         await self.manager.aclose()  # drains the worker first: its activities still need the rest
+        await self.flag.aclose()
         await self.relay.aclose()
+        await self.keys.aclose()
         await self.catalog.aclose()
         await self.writer.aclose()
         await self.store.aclose()
@@ -94,14 +106,19 @@ def build_components(settings: Settings, catalog: Catalog, *, run_worker: bool |
         metrics.temporal_status(connected=connected, worker_running=worker_running)
 
     health = HealthTracker(on_change=health_changed)
+    store = SQLStore(settings.async_db_url)
+    poll_s = settings.catalog_poll_ms / 1000
+    keys = KeyRing(KeyStore(store, settings.secret_key), poll_s=poll_s)
+    spend = SpendStore(store)
+    limiter = rate_limiter(store)
     engine = Engine(
         Registry((), {}, ()),  # the live catalogue fills it at start
         health,
         metrics,
         events,
         Limits(attempt=settings.provider_timeout_secs, request=settings.request_timeout_secs),
+        spend=KeyBudgets(keys, spend),
     )
-    store = SQLStore(settings.async_db_url)
     live_catalog = LiveCatalog(
         engine,
         CatalogStore(store),
@@ -109,11 +126,11 @@ def build_components(settings: Settings, catalog: Catalog, *, run_worker: bool |
         catalog,
         metrics,
         connect_timeout=min(5.0, settings.provider_timeout_secs),
-        poll_s=settings.catalog_poll_ms / 1000,
+        poll_s=poll_s,
         retire_after_s=settings.request_timeout_secs,
     )
     writer = RequestLogWriter(store, flush_interval_s=settings.log_flush_interval_ms / 1000)
-    recorder = ResultRecorder(writer, metrics, events)
+    recorder = ResultRecorder(writer, metrics, events, meter=TokenMeter(keys, limiter))
     worker = settings.temporal_worker if run_worker is None else run_worker
     # A worker process has no event stream of its own: it forwards its events for the gateways to show.
     source = f"{socket.gethostname()}:{os.getpid()}"
@@ -129,7 +146,7 @@ def build_components(settings: Settings, catalog: Catalog, *, run_worker: bool |
         cooldown_s=settings.temporal_breaker_cooldown_ms / 1000,
         on_change=breaker_changed,
     )
-    flag = TemporalFlag(store, settings.temporal_enabled, on_enable=manager.start)
+    flag = TemporalFlag(store, settings.temporal_enabled, on_enable=manager.start, poll_s=poll_s)
     dispatcher = TemporalDispatcher(
         DirectDispatcher(engine, recorder, status_of),
         engine,
@@ -151,6 +168,9 @@ def build_components(settings: Settings, catalog: Catalog, *, run_worker: bool |
         health=health,
         engine=engine,
         catalog=live_catalog,
+        keys=keys,
+        spend=spend,
+        limiter=limiter,
         audit=AuditStore(store),
         relay=relay,
         flag=flag,
@@ -166,6 +186,10 @@ def build_app(settings: Settings, catalog: Catalog) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await parts.start()
+        if settings.auth == "none":
+            log.warning(
+                "auth_disabled", detail="TOKENHUB_AUTH=none: anyone who can reach /v1 can spend through it"
+            )
         log.info(
             "tokenhub_started",
             models=[m.id for m in parts.engine.registry.routable()],
@@ -196,10 +220,12 @@ def build_app(settings: Settings, catalog: Catalog) -> Starlette:
             parts.catalog, parts.engine, parts.audit, default_mode=settings.default_mode
         ),
         observe=ObserveEndpoints(parts.engine, parts.catalog, parts.store, parts.audit, parts.events),
+        keys=KeyEndpoints(parts.keys, parts.spend, parts.engine, parts.audit),
     )
+    access = Middleware(AccessControl, ring=parts.keys, limiter=parts.limiter, mode=settings.auth or "auto")
     app = Starlette(
         routes=[*routes, admin],
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[Middleware(RequestIdMiddleware), access],
         exception_handlers={**exception_handlers, AdminError: admin_error_handler},
         lifespan=lifespan,
     )

@@ -6,6 +6,7 @@ from starlette.routing import Mount, Route
 from tokenhub.admin.auth import AdminAuth
 from tokenhub.admin.catalog import CatalogEndpoints
 from tokenhub.admin.common import AdminError, admin_error_handler
+from tokenhub.admin.keys import KeyEndpoints
 from tokenhub.admin.observe import ObserveEndpoints
 from tokenhub.admin.temporal import TemporalEndpoints
 from tokenhub.admin.workflows import WorkflowEndpoints
@@ -14,6 +15,7 @@ __all__ = [
     "AdminAuth",
     "AdminError",
     "CatalogEndpoints",
+    "KeyEndpoints",
     "ObserveEndpoints",
     "TemporalEndpoints",
     "WorkflowEndpoints",
@@ -29,6 +31,7 @@ def admin_routes(
     workflows: WorkflowEndpoints,
     catalog: CatalogEndpoints,
     observe: ObserveEndpoints,
+    keys: KeyEndpoints,
 ) -> Mount:
     routes = [
         Route("/temporal", temporal.get, methods=["GET"]),
@@ -54,5 +57,11 @@ def admin_routes(
         Route("/logs", observe.logs, methods=["GET"]),
         Route("/audit", observe.audit, methods=["GET"]),
         Route("/events", observe.events, methods=["GET"]),
+        Route("/keys", keys.list, methods=["GET"]),
+        Route("/keys", keys.create, methods=["POST"]),
+        Route("/keys/{key_id}/rotate", keys.rotate, methods=["POST"]),
+        Route("/keys/{key_id}", keys.get, methods=["GET"]),
+        Route("/keys/{key_id}", keys.update, methods=["PATCH"]),
+        Route("/keys/{key_id}", keys.revoke, methods=["DELETE"]),
     ]
     return Mount("/admin/v1", routes=routes, middleware=[Middleware(AdminAuth, token=token)])

@@ -35,7 +35,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     log_flush_interval_ms: int = Field(default=200, gt=0, le=60_000)
 
+    # "keys": every /v1 request needs an API key; "none": open to anyone who can reach it (logged loudly);
+    # unset: keys are required as soon as one exists.
+    auth: Literal["keys", "none"] | None = None
     # Encrypts provider API keys stored through the admin API; without it, only api_key_env is accepted.
+    # Also keys the hashes of client API keys (else a random pepper kept in the database does).
     secret_key: str | None = Field(default=None, min_length=16)
     # How often every process checks the store for catalogue changes made elsewhere.
     catalog_poll_ms: int = Field(default=1000, ge=50, le=60_000)

@@ -4,10 +4,12 @@ from tokenhub.engine.errors import (
     EngineError,
     ErrorClass,
     InvalidRequest,
+    ModelNotAllowed,
     ModelNotFound,
     NoEligibleModel,
     OutputInvalid,
     PhaseFailed,
+    QuotaExceeded,
     RoutingFailed,
     UpstreamError,
 )
@@ -15,7 +17,7 @@ from tokenhub.engine.health import HealthTracker, ProviderHealth
 from tokenhub.engine.providers.base import Provider, Target
 from tokenhub.engine.recorder import ResultRecorder
 from tokenhub.engine.registry import ModelSpec, Registry
-from tokenhub.engine.router import Engine, Limits, Routed
+from tokenhub.engine.router import Engine, Limits, Reservation, Routed, SpendGuard
 from tokenhub.engine.streaming import ChatStream
 from tokenhub.engine.types import ChatCompletion, ChatRequest, Decision, Policy, TokenCount
 
@@ -30,6 +32,7 @@ __all__ = [
     "HealthTracker",
     "InvalidRequest",
     "Limits",
+    "ModelNotAllowed",
     "ModelNotFound",
     "ModelSpec",
     "NoEligibleModel",
@@ -38,10 +41,13 @@ __all__ = [
     "Policy",
     "Provider",
     "ProviderHealth",
+    "QuotaExceeded",
     "Registry",
+    "Reservation",
     "ResultRecorder",
     "Routed",
     "RoutingFailed",
+    "SpendGuard",
     "Target",
     "TokenCount",
     "UpstreamError",

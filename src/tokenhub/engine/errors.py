@@ -3,10 +3,12 @@
 EngineError
 ├── InvalidRequest      the request cannot be served as written (names the offending field)
 ├── ModelNotFound       the client named a model nobody configured
+├── ModelNotAllowed     the client's API key may not use the model it named
 ├── NoEligibleModel     models exist, but none may take this request now (context, budget, health)
 ├── UpstreamError       one upstream call failed; ``error_class`` says how
 ├── RoutingFailed       every candidate was tried and failed; carries the attempts
 ├── OutputInvalid       an answer came back but fails the requested format or JSON Schema
+├── QuotaExceeded       the paying API key's budget has no room for the call
 └── PhaseFailed         one phase of an orchestration failed; carries the phase and its cause
 """
 
@@ -41,6 +43,14 @@ class ModelNotFound(EngineError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"The model '{model}' does not exist or is not enabled on this gateway.")
+        self.model = model
+
+
+class ModelNotAllowed(EngineError):
+    """Raised when the request names a model its API key's allow-list leaves out."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"This API key may not use the model '{model}'.")
         self.model = model
 
 
@@ -165,3 +175,13 @@ class PhaseFailed(EngineError):
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
         self.cost_usd = cost_usd
+
+
+class QuotaExceeded(EngineError):
+    """The API key's budget for the period cannot cover the call's estimated cost."""
+
+    def __init__(self, account: str, budget_usd: float, period: str) -> None:
+        super().__init__(f"API key {account} has used its {budget_usd:g} USD budget for {period}.")
+        self.account = account
+        self.budget_usd = budget_usd
+        self.period = period

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tokenhub.config import Mode
 from tokenhub.engine.errors import EngineError, NoEligibleModel, PhaseFailed
 from tokenhub.engine.types import ChatCompletion, ChatRequest, Policy, TokenCount
 
@@ -137,10 +139,11 @@ class Calls(Protocol):
 
 
 async def orchestrate(
-    request: ChatRequest, directive: OrchestrationDirective, calls: Calls
+    request: ChatRequest, directive: OrchestrationDirective, calls: Calls, base: Policy | None = None
 ) -> OrchestrationResult:
-    """Run ``directive.mode`` over ``request``. Raises ``PhaseFailed`` naming the phase that failed."""
-    run = _Run(request, directive, calls)
+    """Run ``directive.mode`` over ``request``. ``base`` carries what every call shares (the paying key,
+    its allowed models). Raises ``PhaseFailed`` naming the phase that failed."""
+    run = _Run(request, directive, calls, base or Policy())
     if directive.mode == "adversarial":
         return await run.adversarial()
     if directive.mode == "vote":
@@ -153,15 +156,22 @@ async def orchestrate(
 class _Run:
     """One orchestration: its calls so far, their summed cost and tokens."""
 
-    def __init__(self, request: ChatRequest, directive: OrchestrationDirective, calls: Calls) -> None:
+    def __init__(
+        self, request: ChatRequest, directive: OrchestrationDirective, calls: Calls, base: Policy
+    ) -> None:
         self.request = request
         self.directive = directive
         self.calls = calls
+        self.base = base
         self.cost = 0.0
         self.tokens = TokenCount(0, 0)
         self.count = 0
         self.asked = "\n".join(m.text() for m in request.messages if m.role == "user")
         self.primary = directive.primary_model_id or (request.model if request.model != "auto" else "") or ""
+
+    def policy(self, mode: Mode, min_weight: float) -> Policy:
+        """A call's policy: the phase's mode and minimum weight, the request's account and allowed models."""
+        return replace(self.base, mode=mode, min_weight=min_weight)
 
     async def ask(self, phase: str, call: ModelCall) -> CallResult:
         """Make ``call``; count what it cost; a failure ends the orchestration, naming ``phase``."""
@@ -203,8 +213,8 @@ class _Run:
 
     async def adversarial(self) -> OrchestrationResult:
         d = self.directive
-        planning = Policy(mode="planning", min_weight=d.primary_min_weight)
-        reviewing = Policy(mode="adversarial", min_weight=d.review_min_weight)
+        planning = self.policy("planning", d.primary_min_weight)
+        reviewing = self.policy("adversarial", d.review_min_weight)
         own = [m.model_dump(exclude_unset=True) for m in self.request.messages]
         plan = await self.ask(
             "adversarial plan",
@@ -264,7 +274,7 @@ class _Run:
 
     async def vote(self) -> OrchestrationResult:
         d = self.directive
-        voting = Policy(mode="normal", min_weight=d.primary_min_weight)
+        voting = self.policy("normal", d.primary_min_weight)
         try:
             ranked = await self.calls.rank(
                 self.request, voting, [d.review_model_id] if d.review_model_id else []
@@ -302,7 +312,7 @@ class _Run:
         )
         judging = ModelCall(
             phase="judge",
-            policy=Policy(mode="high_confidence", min_weight=d.review_min_weight),
+            policy=self.policy("high_confidence", d.review_min_weight),
             exclude=[a.model_id for a in answers],  # never a voter, not even as a fallback
             request=self.derive(
                 [
@@ -340,7 +350,7 @@ class _Run:
     async def refine(self) -> OrchestrationResult:
         d = self.directive
         own = [m.model_dump(exclude_unset=True) for m in self.request.messages]
-        polishing = Policy(mode="high_confidence", min_weight=d.primary_min_weight)
+        polishing = self.policy("high_confidence", d.primary_min_weight)
         first = await self.ask(
             "refine initial",
             ModelCall(phase="initial", policy=polishing, request=self.derive(own, self.primary)),
@@ -379,7 +389,7 @@ class _Run:
             "planning",
             ModelCall(
                 phase="planning",
-                policy=Policy(mode="planning", min_weight=self.directive.primary_min_weight),
+                policy=self.policy("planning", self.directive.primary_min_weight),
                 request=self.derive(own, self.primary),
             ),
         )

@@ -3,6 +3,8 @@ canonical log line. Every path (direct, Temporal, streaming) ends here exactly o
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import structlog
 
 from tokenhub.store import RequestLog, RequestLogWriter
@@ -12,13 +14,24 @@ log = structlog.get_logger("tokenhub.request")
 
 
 class ResultRecorder:
-    def __init__(self, writer: RequestLogWriter, metrics: Metrics, events: EventBus) -> None:
+    def __init__(
+        self,
+        writer: RequestLogWriter,
+        metrics: Metrics,
+        events: EventBus,
+        *,
+        meter: Callable[[RequestLog], Awaitable[None]] | None = None,
+    ) -> None:
+        """``meter`` sees every finished request too (it counts an API key's tokens per minute)."""
         self._writer = writer
         self._metrics = metrics
         self._events = events
+        self._meter = meter
 
     async def log_result(self, row: RequestLog) -> None:
         await self._writer.write(row)
+        if self._meter is not None and row.api_key_id:
+            await self._meter(row)
         self._metrics.request_done(
             model=row.model,
             provider=row.provider,

@@ -12,12 +12,13 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import orjson
 
 from tokenhub.engine.errors import (
     IneligibleReason,
+    ModelNotAllowed,
     ModelNotFound,
     NoEligibleModel,
     OutputInvalid,
@@ -34,7 +35,14 @@ from tokenhub.engine.orchestration import (
 )
 from tokenhub.engine.providers.base import Chunk, estimate_tokens
 from tokenhub.engine.registry import ModelSpec, Registry
-from tokenhub.engine.scoring import Estimate, ineligibility, output_cap, scores
+from tokenhub.engine.scoring import (
+    CONTEXT_SAFETY,
+    DEFAULT_OUTPUT_ESTIMATE,
+    Estimate,
+    ineligibility,
+    output_cap,
+    scores,
+)
 from tokenhub.engine.shaping import Shaping, shape_completion, validate_value
 from tokenhub.engine.streaming import ChatStream, ChunkNormaliser, is_substantive
 from tokenhub.engine.types import ChatCompletion, ChatRequest, Decision, Policy, TokenCount
@@ -65,6 +73,24 @@ class Simulation:
 
 
 @dataclass(frozen=True)
+class Reservation:
+    """Money set aside for one call; ``settle`` it with what the call really cost."""
+
+    account: str
+    period: str
+    amount_usd: float
+
+
+class SpendGuard(Protocol):
+    """Budgets of the accounts paying for calls. ``reserve`` raises ``QuotaExceeded`` when there is no
+    room, and returns None for an account without a budget (nothing to hold back)."""
+
+    async def reserve(self, account: str, amount_usd: float) -> Reservation | None: ...
+
+    async def settle(self, reservation: Reservation, actual_usd: float) -> None: ...
+
+
+@dataclass(frozen=True)
 class Limits:
     """Seconds. ``attempt``: one non-stream call, or the wait for each chunk of a stream.
     ``request``: everything for one request, failover included."""
@@ -84,6 +110,7 @@ class Engine:
         events: EventBus,
         limits: Limits,
         *,
+        spend: SpendGuard | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.registry = registry
@@ -91,6 +118,7 @@ class Engine:
         self._metrics = metrics
         self._events = events
         self._limits = limits
+        self._spend = spend
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
 
     def plan(
@@ -134,10 +162,14 @@ class Engine:
             named = self.registry.get_routable(request.model)
             if named is None:
                 raise ModelNotFound(request.model)
+            if policy.allowed_models is not None and named.id not in policy.allowed_models:
+                raise ModelNotAllowed(named.id)
         estimate = Estimate(input_tokens=_estimate_input(request), output_limit=request.output_limit)
         eligible: list[ModelSpec] = []
         reasons: dict[str, IneligibleReason] = {}
         considered = (named,) if pin and named is not None else self.registry.routable()
+        if policy.allowed_models is not None:
+            considered = tuple(m for m in considered if m.id in policy.allowed_models)
         for model in (m for m in considered if m.id not in exclude):
             why = ineligibility(model, policy, estimate, self.health)
             if why is None:
@@ -165,10 +197,17 @@ class Engine:
 
         async def attempt(model: ModelSpec) -> ChatCompletion:
             provider = self.registry.provider(model.provider_id)
-            started = time.monotonic()
             capped = _within_budget(request, output_cap(model, policy, estimate))
-            completion = await provider.send(capped, model.target, timeout)
+            reservation = await self._reserve(policy, model, estimate, capped)
+            started = time.monotonic()
+            try:
+                completion = await provider.send(capped, model.target, timeout)
+            except BaseException:
+                await self._settle(reservation, 0.0)
+                raise
             self.health.record_success(model.provider_id, (time.monotonic() - started) * 1000)
+            tokens = _tokens_of(completion, estimate)
+            await self._settle(reservation, model.cost_usd(tokens.input_tokens, tokens.output_tokens))
             return completion
 
         completion, model, decision = await self._with_failover(request, policy, candidates, attempt)
@@ -208,10 +247,10 @@ class Engine:
         return [m.id for m in candidates]
 
     async def orchestrate(
-        self, request: ChatRequest, directive: OrchestrationDirective, shaping: Shaping
+        self, request: ChatRequest, directive: OrchestrationDirective, shaping: Shaping, policy: Policy
     ) -> OrchestrationResult:
-        """Run an orchestration directly, every call against this engine."""
-        return check_result(await orchestrate(request, directive, self), shaping)
+        """Run an orchestration directly, every call against this engine under ``policy``'s account."""
+        return check_result(await orchestrate(request, directive, self, policy), shaping)
 
     async def open_stream(self, request: ChatRequest, policy: Policy) -> ChatStream:
         candidates, estimate = self.plan(request, policy)
@@ -219,9 +258,12 @@ class Engine:
         deadline = started + self.request_deadline(policy)
         timeout = self._limits.attempt
 
+        reserved: dict[str, Reservation | None] = {}
+
         async def attempt(model: ModelSpec) -> tuple[AsyncIterator[Chunk], list[Chunk]]:
             provider = self.registry.provider(model.provider_id)
             capped = _within_budget(request, output_cap(model, policy, estimate))
+            reservation = reserved[model.id] = await self._reserve(policy, model, estimate, capped)
             upstream = aiter(provider.stream(capped, model.target, timeout))
             prefix: list[Chunk] = []
             try:
@@ -235,6 +277,7 @@ class Engine:
             finally:
                 if not prefix or not is_substantive(prefix[-1]):
                     await _aclose(upstream)
+                    await self._settle(reservation, 0.0)
             self.health.record_success(model.provider_id, None)
             return upstream, prefix
 
@@ -253,6 +296,7 @@ class Engine:
             ttft_ms=(time.monotonic() - started) * 1000,
             deadline=deadline,
             on_error=lambda exc: self._record_failure(model, exc),
+            on_close=lambda stream: self._settle(reserved[model.id], stream.cost_usd()),
         )
 
     async def _with_failover(
@@ -316,6 +360,21 @@ class Engine:
             attempts=len(failures) + 1,
             failovers=failed,
         )
+
+    async def _reserve(
+        self, policy: Policy, model: ModelSpec, estimate: Estimate, request: ChatRequest
+    ) -> Reservation | None:
+        """Hold back the call's estimated cost from the paying key's budget (``QuotaExceeded`` if it has no
+        room). The estimate counts the whole output the call may write, so a call never outspends it."""
+        if self._spend is None or policy.account is None:
+            return None
+        output = request.output_limit or DEFAULT_OUTPUT_ESTIMATE
+        amount = model.cost_usd(int(estimate.input_tokens * CONTEXT_SAFETY), output)
+        return await self._spend.reserve(policy.account, amount)
+
+    async def _settle(self, reservation: Reservation | None, actual_usd: float) -> None:
+        if reservation is not None and self._spend is not None:
+            await asyncio.shield(self._spend.settle(reservation, actual_usd))
 
     def _record_failure(self, model: ModelSpec, exc: UpstreamError) -> None:
         exc.provider_id = exc.provider_id or model.provider_id

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from tokenhub.engine.errors import UpstreamError
@@ -175,6 +175,7 @@ class ChatStream:
         ttft_ms: float,
         deadline: float,
         on_error: Callable[[UpstreamError], None],
+        on_close: Callable[[ChatStream], Awaitable[None]] | None = None,
     ) -> None:
         self._upstream = upstream
         self._prefix = prefix
@@ -187,6 +188,7 @@ class ChatStream:
         self.completed = False
         self.error: UpstreamError | None = None
         self._on_error = on_error
+        self._on_close = on_close
         self._iterator = self._iterate()
 
     def __aiter__(self) -> AsyncIterator[Chunk]:
@@ -212,10 +214,15 @@ class ChatStream:
 
     async def aclose(self) -> None:
         """Close the upstream connection. Not while another task is iterating: stop it first."""
-        await self._iterator.aclose()
-        aclose = getattr(self._upstream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        try:
+            await self._iterator.aclose()
+            aclose = getattr(self._upstream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            if self._on_close is not None:
+                on_close, self._on_close = self._on_close, None
+                await on_close(self)
 
     @property
     def finish_reason(self) -> str | None:

@@ -169,12 +169,17 @@ class ChatCompletion(BaseModel):
 
 @dataclass(frozen=True)
 class Policy:
-    """How to choose among models. ``None`` budgets mean unlimited."""
+    """How to choose among models, and what they may cost. ``None`` budgets mean unlimited.
+
+    ``account`` is the API key whose budget pays for the calls (reserved before each, settled after);
+    ``allowed_models``, when set, are the only models the key may use."""
 
     mode: Mode = "normal"
     max_budget_usd: float | None = None
     max_latency_ms: float | None = None
     min_weight: float = 0.0
+    account: str | None = None
+    allowed_models: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

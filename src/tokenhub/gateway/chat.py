@@ -15,6 +15,7 @@ from tokenhub.gateway.exchange import (
     completion_json,
     dispatch_headers,
     header,
+    keyed,
     routing_headers,
     send_json,
     send_stream,
@@ -34,7 +35,7 @@ class ChatCompletionsEndpoint(Endpoint):
         self, scope: Scope, receive: Receive, send: Send, body: bytes, report: DispatchReport
     ) -> None:
         request, directives = extract_directives(parse_chat_request(body))
-        policy = directives.apply(request_policy(scope, Policy(mode=self._default_mode)))
+        policy = keyed(scope, directives.apply(request_policy(scope, Policy(mode=self._default_mode))))
         shaping = Shaping(output_schema=directives.output_schema) if directives.output_schema else NO_SHAPING
         ctx = call_context(scope, body, report)
         if request.stream:

@@ -17,10 +17,12 @@ from tokenhub.engine import (
     EngineError,
     ErrorClass,
     InvalidRequest,
+    ModelNotAllowed,
     ModelNotFound,
     NoEligibleModel,
     OutputInvalid,
     PhaseFailed,
+    QuotaExceeded,
     RoutingFailed,
     UpstreamError,
 )
@@ -64,7 +66,7 @@ class ErrorReply:
             headers["retry-after-ms"] = str(max(1, math.ceil(self.retry_after * 1000)))
         # Clients (the openai SDK among them) retry 408/409/429/5xx by default; tell them when not to.
         if 400 <= self.status < 500 and self.status not in (408, 409, 429):
-            headers["x-should-retry"] = "false"
+            headers.setdefault("x-should-retry", "false")
         return [(k.encode(), v.encode()) for k, v in headers.items()]
 
 
@@ -78,6 +80,17 @@ def _too_large(exc: BodyTooLarge) -> ErrorReply:
 
 def _body_timeout(exc: BodyTimeout) -> ErrorReply:
     return ErrorReply(408, exc.message, "invalid_request_error", "request_timeout")
+
+
+def _quota_exceeded(exc: QuotaExceeded) -> ErrorReply:
+    # OpenAI's answer to an exhausted quota; retrying cannot help until the budget's period rolls over.
+    return ErrorReply(
+        429, exc.message, "insufficient_quota", "insufficient_quota", headers={"x-should-retry": "false"}
+    )
+
+
+def _model_not_allowed(exc: ModelNotAllowed) -> ErrorReply:
+    return ErrorReply(403, exc.message, "permission_error", "model_not_allowed", "model")
 
 
 def _output_invalid(exc: OutputInvalid) -> ErrorReply:
@@ -168,6 +181,8 @@ _TABLE: dict[type[BaseException], Callable[[Any], ErrorReply]] = {
     BodyTimeout: _body_timeout,
     IdempotencyConflict: _idempotency_conflict,
     OutputInvalid: _output_invalid,
+    QuotaExceeded: _quota_exceeded,
+    ModelNotAllowed: _model_not_allowed,
     PhaseFailed: _phase_failed,
     ModelNotFound: _not_found,
     NoEligibleModel: _no_eligible,

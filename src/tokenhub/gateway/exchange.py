@@ -11,6 +11,7 @@ import hashlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import replace
 from typing import Protocol, TypeVar
 
 import orjson
@@ -22,6 +23,7 @@ from tokenhub.engine.providers.base import Chunk
 from tokenhub.engine.shaping import Shaping
 from tokenhub.gateway.errors import BodyTimeout, BodyTooLarge, reply_for
 from tokenhub.gateway.middleware import request_id_of
+from tokenhub.store.models import ApiKeyRow
 from tokenhub.temporal_integration.records import CallContext, DispatchReport
 
 T = TypeVar("T")
@@ -49,7 +51,12 @@ class Dispatcher(Protocol):
     ) -> Routed: ...
 
     async def plan(
-        self, request: ChatRequest, directive: OrchestrationDirective, ctx: CallContext, shaping: Shaping
+        self,
+        request: ChatRequest,
+        directive: OrchestrationDirective,
+        ctx: CallContext,
+        shaping: Shaping,
+        policy: Policy,
     ) -> OrchestrationResult: ...
 
     async def open_stream(self, request: ChatRequest, policy: Policy, ctx: CallContext) -> StreamHandle: ...
@@ -83,13 +90,31 @@ class Endpoint(ABC):
 
 
 def call_context(scope: Scope, body: bytes, report: DispatchReport) -> CallContext:
-    """The request's identity: its id, and an Idempotency-Key with the body's hash when one was sent."""
+    """The request's identity: its id, its API key, and an Idempotency-Key with the body's hash."""
     key = (header(scope, b"idempotency-key") or "").strip()[:255] or None
+    api_key = api_key_of(scope)
     return CallContext(
         request_id=request_id_of(scope),
+        api_key_id=api_key.id if api_key else None,
         idempotency_key=key,
         body_sha256=hashlib.sha256(body).hexdigest() if key else None,
         report=report,
+    )
+
+
+def api_key_of(scope: Scope) -> ApiKeyRow | None:
+    """The API key ``AccessControl`` accepted for this request (None when keys are not required)."""
+    key: ApiKeyRow | None = scope.get("state", {}).get("api_key")
+    return key
+
+
+def keyed(scope: Scope, policy: Policy) -> Policy:
+    """``policy`` bound to the request's API key: its budget pays, and only its models may answer."""
+    key = api_key_of(scope)
+    if key is None:
+        return policy
+    return replace(
+        policy, account=key.id, allowed_models=tuple(key.models) if key.models is not None else None
     )
 
 

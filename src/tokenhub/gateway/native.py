@@ -24,6 +24,7 @@ from tokenhub.gateway.exchange import (
     call_context,
     completion_json,
     dispatch_headers,
+    keyed,
     routing_headers,
     send_json,
     send_stream,
@@ -107,7 +108,9 @@ class NativeChatEndpoint(Endpoint):
     ) -> None:
         parsed = parse_body(body, NativeChatBody)
         request, directives = extract_directives(_chat_request(parsed.request, self._engine.registry))
-        policy = directives.apply(request_policy(scope, _policy(parsed.policy, self._default_mode)))
+        policy = keyed(
+            scope, directives.apply(request_policy(scope, _policy(parsed.policy, self._default_mode)))
+        )
         schema = directives.output_schema or _schema(parsed.request.output_schema, "request.output_schema")
         shaping = _shaping(parsed.output_format, schema)
         ctx = call_context(scope, body, report)
@@ -143,7 +146,8 @@ class PlanEndpoint(Endpoint):
         schema = _schema(spec.output_schema, "orchestration.output_schema")
         shaping = Shaping(output_schema=schema)
         ctx = call_context(scope, body, report)
-        result = await unless_disconnected(receive, self._dispatcher.plan(request, directive, ctx, shaping))
+        plan = self._dispatcher.plan(request, directive, ctx, shaping, keyed(scope, Policy()))
+        result = await unless_disconnected(receive, plan)
         decision = Decision(result.negotiated_model, result.provider_id, result.routing_reason, result.calls)
         envelope = _envelope(
             result.negotiated_model, result.cost_usd, result.routing_reason, result.response_json()

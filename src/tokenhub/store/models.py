@@ -84,3 +84,25 @@ class RelayedEvent:
     source: str
     type: str
     data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ApiKeyRow:
+    """An API key as stored: never the secret, only its keyed hash (and the previous one's, in a grace)."""
+
+    id: str
+    name: str
+    prefix: str
+    hash: str
+    previous_hash: str | None
+    previous_valid_until: datetime | None
+    scopes: list[str]
+    models: list[str] | None
+    budget_usd: float | None
+    budget_period: str | None
+    rpm: int | None
+    tpm: int | None
+    expires_at: datetime | None
+    created_at: datetime
+    revoked_at: datetime | None
+    last_used_at: datetime | None

@@ -32,6 +32,8 @@ from tokenhub.temporal_integration.records import (
     row,
 )
 
+NO_POLICY = Policy()
+
 
 class DirectDispatcher:
     def __init__(
@@ -58,11 +60,12 @@ class DirectDispatcher:
         directive: OrchestrationDirective,
         ctx: CallContext,
         shaping: Shaping = NO_SHAPING,
+        policy: Policy = NO_POLICY,
     ) -> OrchestrationResult:
         ctx.report.took("direct")
         origin = Origin.of(ctx, directive.mode, requested_model=request.model, stream=False)
         async with self._recorded(origin):
-            result = await self._engine.orchestrate(request, directive, shaping)
+            result = await self._engine.orchestrate(request, directive, shaping, policy)
             await self._recorder.log_result(
                 row(
                     origin,

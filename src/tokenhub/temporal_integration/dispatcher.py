@@ -36,7 +36,7 @@ from tokenhub.engine.orchestration import OrchestrationDirective, OrchestrationR
 from tokenhub.engine.shaping import NO_SHAPING, Shaping
 from tokenhub.telemetry import EventBus, Metrics
 from tokenhub.temporal_integration.breaker import Breaker
-from tokenhub.temporal_integration.direct import DirectDispatcher, RecordedStream
+from tokenhub.temporal_integration.direct import NO_POLICY, DirectDispatcher, RecordedStream
 from tokenhub.temporal_integration.flag import TemporalFlag
 from tokenhub.temporal_integration.manager import TemporalManager
 from tokenhub.temporal_integration.records import CallContext, IdempotencyConflict
@@ -148,9 +148,10 @@ class TemporalDispatcher:
         directive: OrchestrationDirective,
         ctx: CallContext,
         shaping: Shaping = NO_SHAPING,
+        policy: Policy = NO_POLICY,
     ) -> OrchestrationResult:
         # An orchestration makes several calls in turn: each gets the per-call bound, the whole several.
-        call_s = self._engine.request_deadline(Policy())
+        call_s = self._engine.request_deadline(policy)
         arg = OrchestrationInput(
             request_id=ctx.request_id,
             request=request,
@@ -160,13 +161,14 @@ class TemporalDispatcher:
             received_at=ctx.received_at,
             timeout_s=call_s,
             shaping=shaping,
+            policy=policy,
         )
         bound = call_s * (2 * max(directive.iterations, 1) + 2)
         output = await self._durably(
             ctx, _Job(ORCHESTRATION_WORKFLOW, "plan", arg, OrchestrationOutput, bound)
         )
         if output is None:
-            return await self._direct.plan(request, directive, ctx, shaping)
+            return await self._direct.plan(request, directive, ctx, shaping, policy)
         if output.error is not None:
             raise output.error.to_error()
         if output.result is None:

@@ -27,7 +27,14 @@ from tokenhub.engine import (
     TokenCount,
     UpstreamError,
 )
-from tokenhub.engine.errors import ErrorClass, IneligibleReason, OutputInvalid, PhaseFailed
+from tokenhub.engine.errors import (
+    ErrorClass,
+    IneligibleReason,
+    ModelNotAllowed,
+    OutputInvalid,
+    PhaseFailed,
+    QuotaExceeded,
+)
 from tokenhub.engine.orchestration import CallResult, ModelCall, OrchestrationDirective, OrchestrationResult
 from tokenhub.engine.shaping import Shaping
 from tokenhub.temporal_integration.records import IdempotencyConflict, Origin, Path
@@ -117,6 +124,8 @@ class ErrorInfo(_Model):
         "output_invalid",
         "phase_failed",
         "idempotency_conflict",
+        "quota_exceeded",
+        "model_not_allowed",
     ]
     message: str
     param: str | None = None
@@ -133,6 +142,10 @@ class ErrorInfo(_Model):
     phase: str | None = None
     cause: ErrorInfo | None = None
     calls: int = 0
+    # quota_exceeded: the key, its budget and the period it is spent for.
+    account: str | None = None
+    budget_usd: float | None = None
+    period: str | None = None
 
     @classmethod
     def of(cls, error: EngineError) -> ErrorInfo:
@@ -172,6 +185,16 @@ class ErrorInfo(_Model):
                 tokens=TokenCount(error.input_tokens, error.output_tokens),
                 cost_usd=error.cost_usd,
             )
+        if isinstance(error, QuotaExceeded):
+            return cls(
+                kind="quota_exceeded",
+                message=error.message,
+                account=error.account,
+                budget_usd=error.budget_usd,
+                period=error.period,
+            )
+        if isinstance(error, ModelNotAllowed):
+            return cls(kind="model_not_allowed", message=error.message, model=error.model)
         if isinstance(error, IdempotencyConflict):
             return cls(kind="idempotency_conflict", message=error.message)
         if isinstance(error, InvalidRequest):
@@ -207,6 +230,10 @@ class ErrorInfo(_Model):
                 output_tokens=spent.output_tokens,
                 cost_usd=self.cost_usd,
             )
+        if self.kind == "quota_exceeded":
+            return QuotaExceeded(self.account or "", self.budget_usd or 0.0, self.period or "")
+        if self.kind == "model_not_allowed":
+            return ModelNotAllowed(self.model or "")
         if self.kind == "idempotency_conflict":
             return IdempotencyConflict()
         return InvalidRequest(self.message, param=self.param, code=self.code)
@@ -253,6 +280,8 @@ class ChatOutput(_Model):
 
 class OrchestrationInput(RequestInput):
     directive: OrchestrationDirective
+    # What every call shares: the paying API key and the models it may use.
+    policy: Policy = Policy()
 
 
 class OrchestrationOutput(_Model):

@@ -88,7 +88,9 @@ class OrchestrationWorkflow:
     async def run(self, plan: OrchestrationInput) -> OrchestrationOutput:
         calls = _ActivityCalls(plan.log_id, plan.timeout_s)
         try:
-            result = check_result(await orchestrate(plan.request, plan.directive, calls), plan.shaping)
+            result = check_result(
+                await orchestrate(plan.request, plan.directive, calls, plan.policy), plan.shaping
+            )
             output = OrchestrationOutput(result=result)
         except PhaseFailed as exc:
             interrupted = isinstance(exc.cause, _Interrupted)

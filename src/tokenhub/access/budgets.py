@@ -1,0 +1,42 @@
+"""Key budgets for the engine: reserve a call's estimated cost before it is made, settle the real cost after
+(the engine's ``SpendGuard``). Every path that calls a provider — direct, Temporal, streams, each call of an
+orchestration — goes through here, in whichever process makes the call."""
+
+from __future__ import annotations
+
+from tokenhub.access.keyring import KeyRing
+from tokenhub.engine import QuotaExceeded, Reservation
+from tokenhub.store.models import RequestLog
+from tokenhub.store.ratelimit import RateLimiter
+from tokenhub.store.spend import SpendStore, period_of
+
+
+class KeyBudgets:
+    def __init__(self, ring: KeyRing, spend: SpendStore) -> None:
+        self._ring = ring
+        self._spend = spend
+
+    async def reserve(self, account: str, amount_usd: float) -> Reservation | None:
+        key = self._ring.get(account)
+        if key is None or key.budget_usd is None:
+            return None
+        period = period_of(key.budget_period)
+        if not await self._spend.reserve(account, period, amount_usd, key.budget_usd):
+            raise QuotaExceeded(account, key.budget_usd, period)
+        return Reservation(account=account, period=period, amount_usd=amount_usd)
+
+    async def settle(self, reservation: Reservation, actual_usd: float) -> None:
+        await self._spend.settle(reservation.account, reservation.period, reservation.amount_usd, actual_usd)
+
+
+class TokenMeter:
+    """Counts each finished request's tokens against its key's tokens-per-minute limit."""
+
+    def __init__(self, ring: KeyRing, limiter: RateLimiter) -> None:
+        self._ring = ring
+        self._limiter = limiter
+
+    async def __call__(self, row: RequestLog) -> None:
+        key = self._ring.get(row.api_key_id or "")
+        if key is not None and key.tpm:
+            await self._limiter.add(f"tpm:{key.id}", row.input_tokens + row.output_tokens)
