@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 import textwrap
 import time
 import uuid
@@ -11,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.server import ServerThread
-from tests.temporal_server import DevServer
+from tests.temporal_server import DevServer, free_port
 from tokenhub.app import Components, build_app
 from tokenhub.config import Settings, load_catalog
 from tokenhub.telemetry import configure_logging
@@ -148,3 +153,59 @@ def start_on(
         manager = gateway.components.manager
         wait_until(lambda: manager.connected and manager.worker_running, what="Temporal up")
     return gateway
+
+
+@dataclass
+class Replica:
+    """A ``tokenhub serve`` process: one of several gateways sharing a database."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+@pytest.fixture
+def start_replica(tmp_path: Path) -> Iterator[Any]:
+    """``start_replica(catalog_yaml, db_url, **env) -> Replica``: a gateway process on its own port, ready
+    before this returns, stopped by its PID afterwards. Replicas poll the store every 100 ms."""
+    started: list[Replica] = []
+
+    def start(catalog_yaml: str, db_url: str, **env: str) -> Replica:
+        index = len(started)
+        config = tmp_path / f"replica-{index}.yaml"
+        config.write_text(textwrap.dedent(catalog_yaml))
+        port = free_port()
+        log = tmp_path / f"replica-{index}.log"
+        environment = {
+            **os.environ,
+            "TOKENHUB_DB_URL": db_url,
+            "TOKENHUB_CATALOG_POLL_MS": "100",
+            "TOKENHUB_LOG_FLUSH_INTERVAL_MS": "20",
+            **env,
+        }
+        command = [sys.executable, "-m", "tokenhub", "serve", "--port", str(port), "--config", str(config)]
+        with log.open("w") as out:
+            process = subprocess.Popen(command, env=environment, stdout=out, stderr=out)
+        replica = Replica(f"http://127.0.0.1:{port}", process, log)
+        started.append(replica)
+        wait_until(lambda: _ready(replica), timeout=30, what=f"replica {index} to start")
+        return replica
+
+    yield start
+    for replica in started:
+        if replica.process.poll() is None:
+            replica.process.send_signal(signal.SIGTERM)
+            try:
+                replica.process.wait(20)
+            except subprocess.TimeoutExpired:
+                replica.process.kill()
+                replica.process.wait(5)
+
+
+def _ready(replica: Replica) -> bool:
+    if replica.process.poll() is not None:
+        raise AssertionError(f"the replica exited: {replica.log.read_text()}")
+    try:
+        return httpx.get(f"{replica.url}/healthz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -16,39 +16,17 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.admin_client import ADMIN, AUTH, SECRET, Admin
 from tests.conftest import wait_until
 from tests.fakes.openai_upstream import FakeOpenAI, Reply, error_body
 from tests.temporal_server import DevServer, free_port
 
-ADMIN = "admin-token-for-tests-0123456789"
-AUTH = {"authorization": f"Bearer {ADMIN}"}
-SECRET = "a-secret-key-for-tests-000000000"
 CATALOG = """
 providers:
   - {{id: first, type: openai, base_url: "{url}"}}
 models:
   - {{id: m1, provider_id: first, weight: 5}}
 """
-HELLO: list[Any] = [{"role": "user", "content": "hello"}]
-
-
-class Admin:
-    def __init__(self, gateway: Any) -> None:
-        self.gateway = gateway
-        self.base = f"{gateway.url}/admin/v1"
-
-    def get(self, path: str, **params: Any) -> httpx.Response:
-        return httpx.get(f"{self.base}{path}", params=params, headers=AUTH, timeout=10)
-
-    def send(self, method: str, path: str, body: Any = None) -> httpx.Response:
-        return httpx.request(method, f"{self.base}{path}", json=body, headers=AUTH, timeout=10)
-
-    def chat(self, model: str = "auto", **extra: Any) -> httpx.Response:
-        return httpx.post(
-            f"{self.gateway.v1}/chat/completions",
-            json={"model": model, "messages": HELLO, **extra},
-            timeout=20,
-        )
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from tokenhub.admin.common import AdminError, admin_json, int_param, page
 from tokenhub.engine import Engine
 from tokenhub.store import AuditStore
 from tokenhub.store.models import ApiKeyRow
-from tokenhub.store.spend import SpendStore, period_start
+from tokenhub.store.spend import SpendStore, period_of, period_start
 
 Scope = Literal["chat", "plan", "models"]
 Period = Literal["day", "week", "month", "total"]
@@ -136,8 +136,14 @@ class KeyEndpoints:
             raise AdminError(400, "expires_at: must be in the future")
 
     async def _json(self, key: ApiKeyRow) -> dict[str, Any]:
-        """Everything about a key but its secret and hashes."""
+        """Everything about a key but its secret and hashes. ``spend_usd`` is what its logged requests cost
+        this period; for a budgeted key, ``budget_*`` are the counters the budget is enforced on."""
         spent = await self._spend.logged_spend(key.id, period_start(key.budget_period))
+        budget: dict[str, float | None] = dict.fromkeys(("spent_usd", "reserved_usd", "remaining_usd"))
+        if key.budget_usd is not None:
+            counted, reserved = await self._spend.spent(key.id, period_of(key.budget_period))
+            remaining = max(0.0, key.budget_usd - counted - reserved)
+            budget = {"spent_usd": counted, "reserved_usd": reserved, "remaining_usd": remaining}
         return {
             "id": key.id,
             "name": key.name,
@@ -147,6 +153,7 @@ class KeyEndpoints:
             "budget_usd": key.budget_usd,
             "budget_period": key.budget_period,
             "spend_usd": round(spent, 6),
+            **{f"budget_{name}": None if v is None else round(v, 6) for name, v in budget.items()},
             "rpm": key.rpm,
             "tpm": key.tpm,
             "expires_at": _time(key.expires_at),

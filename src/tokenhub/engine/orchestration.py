@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenhub.config import Mode
-from tokenhub.engine.errors import EngineError, NoEligibleModel, PhaseFailed
+from tokenhub.engine.errors import EngineError, NoEligibleModel, PhaseFailed, QuotaExceeded
 from tokenhub.engine.types import ChatCompletion, ChatRequest, Policy, TokenCount
 
 OrchestrationMode = Literal["adversarial", "vote", "refine", "planning"]
@@ -178,14 +178,7 @@ class _Run:
         try:
             result = await self.calls.call(call)
         except EngineError as exc:
-            raise PhaseFailed(
-                phase,
-                exc,
-                calls=self.count,
-                input_tokens=self.tokens.input_tokens,
-                output_tokens=self.tokens.output_tokens,
-                cost_usd=self.cost,
-            ) from None
+            raise self.failed(phase, exc) from None
         self.cost += result.cost_usd
         self.tokens = TokenCount(
             self.tokens.input_tokens + result.tokens.input_tokens,
@@ -194,6 +187,17 @@ class _Run:
         )
         self.count += 1
         return result
+
+    def failed(self, phase: str, cause: EngineError) -> PhaseFailed:
+        """``phase`` failed with ``cause``, after what the orchestration has spent so far."""
+        return PhaseFailed(
+            phase,
+            cause,
+            calls=self.count,
+            input_tokens=self.tokens.input_tokens,
+            output_tokens=self.tokens.output_tokens,
+            cost_usd=self.cost,
+        )
 
     def done(self, last: CallResult, reason: str, **response: Any) -> OrchestrationResult:
         return OrchestrationResult(
@@ -298,6 +302,8 @@ class _Run:
         for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(outcome, PhaseFailed):
                 raise outcome  # cancellation or a bug: not a voter's failure
+            if isinstance(outcome, PhaseFailed) and _out_of_budget(outcome):
+                raise self.failed(outcome.phase, outcome.cause)  # with the other voters' spend
         answers = [o for o in outcomes if isinstance(o, CallResult)]
         if not answers:
             failure = next((o for o in outcomes if isinstance(o, PhaseFailed)), None)
@@ -335,6 +341,8 @@ class _Run:
             else:
                 selected = picked
         except PhaseFailed as exc:
+            if _out_of_budget(exc):
+                raise
             judge_error = exc.message
         entries = [
             VoteEntry(model=a.model_id, content=a.content, selected=i == selected)
@@ -377,7 +385,9 @@ class _Run:
                         ),
                     ),
                 )
-            except PhaseFailed:
+            except PhaseFailed as exc:
+                if _out_of_budget(exc):
+                    raise
                 break  # keep the best answer so far; ``iterations`` says how many rounds completed
             current, completed = better.content, completed + 1
         response = RefineResponse(refined_response=current, iterations=completed, model=first.model_id)
@@ -394,6 +404,12 @@ class _Run:
             ),
         )
         return self.done(result, "planning", planning=result.completion)
+
+
+def _out_of_budget(failure: PhaseFailed) -> bool:
+    """The key's budget refused a call: the orchestration ends there, whatever the mode would otherwise
+    make of a failed call, so the client hears ``insufficient_quota`` rather than a degraded answer."""
+    return isinstance(failure.cause, QuotaExceeded)
 
 
 def _pick(reply: str, count: int) -> int | None:

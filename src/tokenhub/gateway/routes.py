@@ -12,6 +12,7 @@ from starlette.responses import Response
 
 from tokenhub.engine import Engine, HealthTracker, ModelNotFound, ModelSpec
 from tokenhub.gateway.errors import ErrorReply, reply_for
+from tokenhub.gateway.exchange import api_key_of
 from tokenhub.store import Store
 from tokenhub.telemetry import Metrics
 
@@ -37,16 +38,23 @@ class ModelsEndpoints:
         self._engine = engine
 
     async def list(self, request: Request) -> Response:
-        return json_response(
-            {"object": "list", "data": [_model(m) for m in self._engine.registry.routable()]}
-        )
+        allowed = _allowed_models(request)
+        models = [m for m in self._engine.registry.routable() if allowed is None or m.id in allowed]
+        return json_response({"object": "list", "data": [_model(m) for m in models]})
 
     async def retrieve(self, request: Request) -> Response:
         model_id = request.path_params["model_id"]
         spec = self._engine.registry.get_routable(model_id)
-        if spec is None:
+        allowed = _allowed_models(request)
+        # A model the key may not use does not exist for it (as with OpenAI's per-project models).
+        if spec is None or (allowed is not None and model_id not in allowed):
             return error_response(reply_for(ModelNotFound(model_id)))
         return json_response(_model(spec))
+
+
+def _allowed_models(request: Request) -> list[str] | None:
+    key = api_key_of(request.scope)
+    return None if key is None else key.models
 
 
 def _model(spec: ModelSpec) -> dict[str, object]:
