@@ -39,4 +39,4 @@ class TokenMeter:
     async def __call__(self, row: RequestLog) -> None:
         key = self._ring.get(row.api_key_id or "")
         if key is not None and key.tpm:
-            await self._limiter.add(f"tpm:{key.id}", row.input_tokens + row.output_tokens)
+            await self._limiter.add(f"tpm:{key.id}", key.tpm, row.input_tokens + row.output_tokens)

@@ -64,7 +64,7 @@ class AccessControl:
                 "Rate limit reached for this API key; retry after the reset.",
                 "rate_limit_error",
                 "rate_limit_exceeded",
-                retry_after=refused.reset_s,
+                retry_after=refused.retry_after_s,
                 headers=dict(headers),
             )
             await _reply(send, reply)
@@ -84,7 +84,7 @@ class AccessControl:
                 "Too many failed authentications from this address.",
                 "rate_limit_error",
                 "rate_limit_exceeded",
-                retry_after=decision.reset_s,
+                retry_after=decision.retry_after_s,
             )
         else:
             reply = ErrorReply(

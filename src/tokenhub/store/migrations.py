@@ -171,9 +171,24 @@ def _v2_access(op: Operations) -> None:
     op.create_index("ix_rate_counters_expires_at", "rate_counters", ["expires_at"])
 
 
+def _v3_gcra_rate_limits(op: Operations) -> None:
+    # Rate limits refill continuously (GCRA) instead of counting per minute: one time per bucket replaces
+    # the per-window counts. Those only ever held the current minute, so they are dropped, not converted.
+    op.drop_index("ix_rate_counters_expires_at", "rate_counters")
+    op.drop_table("rate_counters")
+    op.create_table(
+        "rate_counters",
+        Column("bucket", String(200), primary_key=True),
+        Column("tat", Float, nullable=False),
+        Column("expires_at", DateTime(timezone=True), nullable=False),
+    )
+    op.create_index("ix_rate_counters_expires_at", "rate_counters", ["expires_at"])
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "request logs, runtime settings, catalogue, audit log, event relay", _v1_baseline),
     Migration(2, "API keys, their spend, rate-limit counters", _v2_access),
+    Migration(3, "rate limits as continuously refilled buckets", _v3_gcra_rate_limits),
 )
 
 

@@ -132,12 +132,13 @@ key_spend = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
-# Fixed-window counters for rate limits shared by replicas (``store.ratelimit``).
+# GCRA state for rate limits shared by replicas (``store.ratelimit``): each bucket's theoretical arrival time
+# (epoch seconds), and a time by which it has passed and the row can be pruned.
 rate_counters = Table(
     "rate_counters",
     metadata,
     Column("bucket", String(200), primary_key=True),
-    Column("count", Integer, nullable=False),
+    Column("tat", Float, nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
 )
 Index("ix_rate_counters_expires_at", rate_counters.c.expires_at)
