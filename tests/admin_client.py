@@ -23,6 +23,9 @@ class Admin:
     def send(self, method: str, path: str, body: Any = None) -> httpx.Response:
         return httpx.request(method, f"{self.base}{path}", json=body, headers=AUTH, timeout=10)
 
+    def get_v1(self, path: str) -> httpx.Response:
+        return httpx.get(f"{self.gateway.url}/v1{path}", timeout=10)
+
     def chat(self, model: str = "auto", key: str | None = None, **extra: Any) -> httpx.Response:
         return httpx.post(
             f"{self.gateway.url}/v1/chat/completions",

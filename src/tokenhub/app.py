@@ -28,7 +28,7 @@ from tokenhub.admin import (
 from tokenhub.config import Catalog, Settings
 from tokenhub.engine import Engine, HealthTracker, Limits, Registry, ResultRecorder
 from tokenhub.engine.live_catalog import LiveCatalog
-from tokenhub.gateway import RequestIdMiddleware, exception_handlers, gateway_routes, status_of
+from tokenhub.gateway import RequestMiddleware, exception_handlers, gateway_routes, status_of
 from tokenhub.gateway.auth import AccessControl
 from tokenhub.store import AuditStore, CatalogStore, EventRelayStore, RequestLogWriter, Secrets, SQLStore
 from tokenhub.store.keys import KeyStore
@@ -225,7 +225,7 @@ def build_app(settings: Settings, catalog: Catalog) -> Starlette:
     access = Middleware(AccessControl, ring=parts.keys, limiter=parts.limiter, mode=settings.auth or "auto")
     app = Starlette(
         routes=[*routes, admin],
-        middleware=[Middleware(RequestIdMiddleware), access],
+        middleware=[Middleware(RequestMiddleware, metrics=parts.metrics), access],
         exception_handlers={**exception_handlers, AdminError: admin_error_handler},
         lifespan=lifespan,
     )

@@ -46,6 +46,7 @@ from tokenhub.engine.scoring import (
 from tokenhub.engine.shaping import Shaping, shape_completion, validate_value
 from tokenhub.engine.streaming import ChatStream, ChunkNormaliser, is_substantive
 from tokenhub.engine.types import ChatCompletion, ChatRequest, Decision, Policy, TokenCount
+from tokenhub.engine.upstream_time import charge
 from tokenhub.telemetry import EventBus, Metrics
 
 T = TypeVar("T")
@@ -203,9 +204,12 @@ class Engine:
             try:
                 completion = await provider.send(capped, model.target, timeout)
             except BaseException:
+                charge(time.monotonic() - started)
                 await self._settle(reservation, 0.0)
                 raise
-            self.health.record_success(model.provider_id, (time.monotonic() - started) * 1000)
+            waited = time.monotonic() - started
+            charge(waited)
+            self.health.record_success(model.provider_id, waited * 1000)
             tokens = _tokens_of(completion, estimate)
             await self._settle(reservation, model.cost_usd(tokens.input_tokens, tokens.output_tokens))
             return completion
@@ -266,6 +270,7 @@ class Engine:
             reservation = reserved[model.id] = await self._reserve(policy, model, estimate, capped)
             upstream = aiter(provider.stream(capped, model.target, timeout))
             prefix: list[Chunk] = []
+            waiting = time.monotonic()
             try:
                 async with asyncio.timeout(timeout):
                     while not prefix or not is_substantive(prefix[-1]):
@@ -275,6 +280,7 @@ class Engine:
             except TimeoutError:
                 raise UpstreamError("timeout", f"no first token within {timeout:g}s") from None
             finally:
+                charge(time.monotonic() - waiting)  # the wait for the first token: what the client waits on
                 if not prefix or not is_substantive(prefix[-1]):
                     await _aclose(upstream)
                     await self._settle(reservation, 0.0)

@@ -8,7 +8,7 @@ from tokenhub.engine import Engine, EngineError, HealthTracker
 from tokenhub.gateway.chat import ChatCompletionsEndpoint
 from tokenhub.gateway.errors import BodyTooLarge, ErrorReply, reply_for, status_of
 from tokenhub.gateway.exchange import Dispatcher, StreamHandle
-from tokenhub.gateway.middleware import RequestIdMiddleware
+from tokenhub.gateway.middleware import RequestMiddleware
 from tokenhub.gateway.native import NativeChatEndpoint, PlanEndpoint
 from tokenhub.gateway.routes import (
     HealthEndpoints,
@@ -24,7 +24,7 @@ __all__ = [
     "BodyTooLarge",
     "Dispatcher",
     "ErrorReply",
-    "RequestIdMiddleware",
+    "RequestMiddleware",
     "StreamHandle",
     "exception_handlers",
     "gateway_routes",

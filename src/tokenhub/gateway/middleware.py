@@ -3,26 +3,39 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 
 import structlog.contextvars
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tokenhub.engine.upstream_time import start_clock
+from tokenhub.telemetry import Metrics
+
 _VALID_ID = re.compile(rb"^[\x21-\x7e]{1,128}$")
+_DISPATCH = b"x-tokenhub-dispatch"
 
 
-class RequestIdMiddleware:
-    """Gives every request an id — the client's ``X-Request-Id`` when it is sane, else a new one —
-    binds it to the log context, stores it in ``scope["state"]["request_id"]`` and returns it as
-    ``x-request-id`` on every response."""
+class RequestMiddleware:
+    """What every request gets first and last.
 
-    def __init__(self, app: ASGIApp) -> None:
+    An id — the client's ``X-Request-Id`` when it is sane, else a new one — bound to the log context,
+    stored in ``scope["state"]["request_id"]`` and returned as ``x-request-id``. And the gateway's own time:
+    ``x-tokenhub-overhead-ms`` is the time from here to the response's start minus what the request waited
+    on upstreams (the first token, for streams); for dispatched requests it is also observed in the
+    ``tokenhub_overhead_ms`` histogram, by dispatch path.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
+        self._overhead = metrics.overhead
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
+        clock = start_clock()
         request_id = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
@@ -34,14 +47,20 @@ class RequestIdMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        header = (b"x-request-id", request_id.encode("ascii"))
+        id_header = (b"x-request-id", request_id.encode("ascii"))
 
-        async def send_with_id(message: Message) -> None:
+        async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), header]
+                overhead_ms = max(0.0, (time.perf_counter() - started - clock.seconds) * 1000)
+                headers = [*message.get("headers", ()), id_header]
+                headers.append((b"x-tokenhub-overhead-ms", b"%.3f" % overhead_ms))
+                message["headers"] = headers
+                path = next((value for name, value in headers if name == _DISPATCH), None)
+                if path is not None:
+                    self._overhead.labels(path.decode()).observe(overhead_ms)
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        await self.app(scope, receive, sending)
 
 
 def request_id_of(scope: Scope) -> str:

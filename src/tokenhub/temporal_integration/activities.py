@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from temporalio import activity
 
 from tokenhub.engine import Engine, EngineError, ResultRecorder, TokenCount
+from tokenhub.engine.upstream_time import start_clock
 from tokenhub.store import RequestLog
 from tokenhub.temporal_integration.records import closed_row, error_row, row
 from tokenhub.temporal_integration.types import (
@@ -72,41 +73,43 @@ class Activities:
 
     @activity.defn(name=CHAT_ACTIVITY)
     async def chat(self, chat: ChatInput) -> ChatOutput:
-        started = time.monotonic()
+        started, clock = time.monotonic(), start_clock()
         with self._running_for(chat.log_id):
             try:
                 routed = await self._engine.complete(chat.request, chat.policy, chat.shaping)
+                output = ChatOutput(
+                    decision=routed.decision,
+                    response=routed.completion,
+                    tokens=routed.tokens,
+                    cost_usd=routed.cost_usd,
+                )
             except EngineError as exc:
-                return ChatOutput(error=ErrorInfo.of(exc), latency_ms=(time.monotonic() - started) * 1000)
+                output = ChatOutput(error=ErrorInfo.of(exc))
             except asyncio.CancelledError:
                 if activity.is_worker_shutdown():
                     raise  # not the client's doing: let the next worker run it
-                return ChatOutput(cancelled=True, latency_ms=(time.monotonic() - started) * 1000)
-        return ChatOutput(
-            decision=routed.decision,
-            response=routed.completion,
-            tokens=routed.tokens,
-            cost_usd=routed.cost_usd,
-            latency_ms=(time.monotonic() - started) * 1000,
-        )
+                output = ChatOutput(cancelled=True)
+        latency_ms = (time.monotonic() - started) * 1000
+        return output.model_copy(update={"latency_ms": latency_ms, "upstream_ms": clock.seconds * 1000})
 
     @activity.defn(name=MODEL_CALL_ACTIVITY)
     async def model_call(self, job: ModelCallInput) -> ModelCallOutput:
         """One orchestration call; heartbeats while it runs, so a lost worker is noticed and the call
         (only this one) is made again elsewhere."""
-        beating = asyncio.ensure_future(_heartbeat())
+        beating, clock = asyncio.ensure_future(_heartbeat()), start_clock()
         try:
             with self._running_for(job.log_id):
                 try:
-                    return ModelCallOutput(result=await self._engine.call(job.call))
+                    output = ModelCallOutput(result=await self._engine.call(job.call))
                 except EngineError as exc:
-                    return ModelCallOutput(error=ErrorInfo.of(exc))
+                    output = ModelCallOutput(error=ErrorInfo.of(exc))
                 except asyncio.CancelledError:
                     if activity.is_worker_shutdown():
                         raise
-                    return ModelCallOutput(cancelled=True)
+                    output = ModelCallOutput(cancelled=True)
         finally:
             beating.cancel()
+        return output.model_copy(update={"upstream_ms": clock.seconds * 1000})
 
     @activity.defn(name=RANK_ACTIVITY)
     async def rank(self, job: RankInput) -> RankOutput:

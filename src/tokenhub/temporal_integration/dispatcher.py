@@ -34,6 +34,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from tokenhub.engine import ChatRequest, Engine, EngineError, Policy, Routed
 from tokenhub.engine.orchestration import OrchestrationDirective, OrchestrationResult
 from tokenhub.engine.shaping import NO_SHAPING, Shaping
+from tokenhub.engine.upstream_time import charge
 from tokenhub.telemetry import EventBus, Metrics
 from tokenhub.temporal_integration.breaker import Breaker
 from tokenhub.temporal_integration.direct import NO_POLICY, DirectDispatcher, RecordedStream
@@ -136,6 +137,7 @@ class TemporalDispatcher:
         output = await self._durably(ctx, _Job(CHAT_WORKFLOW, "chat", arg, ChatOutput, deadline))
         if output is None:
             return await self._direct.chat(request, policy, ctx, shaping)
+        charge(output.upstream_ms / 1000)
         if output.error is not None:
             raise output.error.to_error()
         if output.decision is None or output.response is None or output.tokens is None:
@@ -169,6 +171,7 @@ class TemporalDispatcher:
         )
         if output is None:
             return await self._direct.plan(request, directive, ctx, shaping, policy)
+        charge(output.upstream_ms / 1000)
         if output.error is not None:
             raise output.error.to_error()
         if output.result is None:

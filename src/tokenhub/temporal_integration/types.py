@@ -260,6 +260,8 @@ class ChatOutput(_Model):
     tokens: TokenCount | None = None
     cost_usd: float = 0.0
     latency_ms: float = 0.0
+    # Of which waiting on upstreams (what x-tokenhub-overhead-ms leaves out).
+    upstream_ms: float = 0.0
     error: ErrorInfo | None = None
     # The client went away (and the request was stopped) before ChatActivity finished.
     cancelled: bool = False
@@ -288,6 +290,7 @@ class OrchestrationOutput(_Model):
     result: OrchestrationResult | None = None
     error: ErrorInfo | None = None
     cancelled: bool = False
+    upstream_ms: float = 0.0
 
     def outcome(self) -> Outcome:
         result = self.result
@@ -314,6 +317,7 @@ class ModelCallOutput(_Model):
     result: CallResult | None = None
     error: ErrorInfo | None = None
     cancelled: bool = False
+    upstream_ms: float = 0.0
 
 
 class RankInput(_Model):

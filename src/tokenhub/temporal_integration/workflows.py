@@ -103,6 +103,7 @@ class OrchestrationWorkflow:
             if not is_cancelled_exception(exc):
                 raise
             output = OrchestrationOutput(cancelled=True)
+        output = output.model_copy(update={"upstream_ms": calls.upstream_ms})
         await _log_come_what_may(LogInput(origin=plan.origin(plan.directive.mode), outcome=output.outcome()))
         return output
 
@@ -120,6 +121,7 @@ class _ActivityCalls:
     def __init__(self, log_id: str, timeout_s: float) -> None:
         self._log_id = log_id
         self._timeout = timedelta(seconds=timeout_s)
+        self.upstream_ms = 0.0
 
     async def call(self, call: ModelCall) -> CallResult:
         output: ModelCallOutput = await workflow.execute_activity(
@@ -131,6 +133,7 @@ class _ActivityCalls:
             heartbeat_timeout=HEARTBEAT_TIMEOUT,
             retry_policy=CALL_RETRY,
         )
+        self.upstream_ms += output.upstream_ms
         if output.cancelled:
             raise _Interrupted
         if output.error is not None:
