@@ -1,0 +1,317 @@
+"""The scenarios. Each sends the same load to the fake upstream directly and through the gateway, in
+alternating blocks (direct, gateway, direct, gateway, ...) so machine noise hits both sides, and reports
+differences and ratios measured side by side in the one run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bench.procs import RssSampler, cpu_seconds, memory_mb
+from bench.stack import BenchError, LoadGenClient, Server, Stack
+from bench.stats import Pool, difference, fmt, per_1k, percentile, ratio
+
+MODEL = "bench-model"
+GAP_MODEL = "bench-model-gap"  # on the upstream that pauses between chunks, so streams overlap
+SETTLE_REQUESTS = 5
+SOAK_BLOCK = 2000
+SOAK_SAMPLE_S = 10.0
+SOAK_SETTLED_S = 60.0  # the soak's RSS baseline: after the first minute, once caches have filled
+DURABLE_WAIT_S = 60.0
+
+# (rounds, requests per block) per scenario: quick mode (about a minute in all), then full mode (about
+# 4 minutes plus the soak). Full c1 pools 8,000 samples per side, so its p99 rests on 80.
+PLANS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "nonstream_c1": ((3, 500), (8, 1000)),
+    "nonstream_c16": ((3, 1500), (6, 2000)),
+    "nonstream_c64": ((3, 2000), (6, 3000)),
+    "stream_c1": ((3, 150), (6, 500)),
+    "stream_c64": ((3, 320), (6, 640)),
+    "streams_500": ((1, 500), (3, 500)),
+    "temporal_c1": ((3, 40), (6, 150)),
+    "temporal_c16": ((3, 96), (5, 300)),
+    "temporal_down": ((3, 150), (6, 300)),
+}
+
+
+def chat_body(model: str, stream: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hello"}]}
+    return {**body, "stream": True} if stream else body
+
+
+@dataclass(frozen=True)
+class Load:
+    concurrency: int
+    requests: int  # per block; with open_streams, the number of streams opened at once
+    stream: bool = False
+    open_streams: bool = False
+
+    def command(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        if self.open_streams:
+            return {"open_streams": self.requests, "url": url, "body": body}
+        return {
+            "url": url,
+            "concurrency": self.concurrency,
+            "requests": self.requests,
+            "stream": self.stream,
+            "body": body,
+        }
+
+    @property
+    def timeout_s(self) -> float:
+        return 60 + self.requests * 0.1
+
+    def warmup(self) -> Load:
+        """A small block, discarded: connections open, caches fill."""
+        concurrency = min(self.concurrency, 64)
+        return Load(concurrency, max(20, 2 * concurrency), self.stream)
+
+
+@dataclass
+class Comparison:
+    direct: Pool = field(default_factory=Pool)
+    gateway: Pool = field(default_factory=Pool)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # per watched process, gateway blocks only
+    peak_rss_mb: float | None = None  # the gateway's VmRSS, sampled while the blocks ran
+    vmhwm_mb: float | None = None  # the gateway's lifetime peak, at the end
+
+
+@dataclass
+class Bench:
+    stack: Stack
+    loadgen: LoadGenClient
+    upstream: Server
+    gap_upstream: Server
+    gateway: Server
+    catalog: Path
+    quick: bool
+    soak_s: float
+    temporal_pair: tuple[Server, Server] | None = None  # the dev server and the gateway using it
+
+    def plan(self, name: str) -> tuple[int, int]:
+        quick, full = PLANS[name]
+        return quick if self.quick else full
+
+    def run(self, load: Load, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.loadgen.run(load.command(url, body), load.timeout_s)
+
+    def temporal(self) -> tuple[Server, Server]:
+        """Started on first use, so the dev server and its worker do not share the CPU with the rest."""
+        if self.temporal_pair is None:
+            dev = self.stack.temporal("temporal", namespace="default")
+            env = {
+                "TOKENHUB_TEMPORAL_ENABLED": "true",
+                "TOKENHUB_TEMPORAL_HOST": f"127.0.0.1:{dev.port}",
+                "TOKENHUB_TEMPORAL_NAMESPACE": "default",
+            }
+            gateway = self.stack.gateway("gateway-temporal", self.catalog, "bench-temporal.db", env)
+            self.temporal_pair = (dev, gateway)
+            self._wait_durable(gateway)
+        return self.temporal_pair
+
+    def _wait_durable(self, gateway: Server) -> None:
+        """Until a request comes back through Temporal: the gateway connects its client and worker
+        after /healthz already answers."""
+        deadline = time.monotonic() + DURABLE_WAIT_S
+        while time.monotonic() < deadline:
+            if self.run(Load(1, 5), gateway.chat_url, chat_body(MODEL))["dispatch"].get("temporal"):
+                return
+            time.sleep(0.5)
+        raise BenchError(f"no request went through Temporal within {DURABLE_WAIT_S:g}s")
+
+    def stop_temporal(self) -> None:
+        if self.temporal_pair is not None:
+            for server in self.temporal_pair:
+                server.proc.stop()
+            self.temporal_pair = None
+
+
+def alternate(
+    bench: Bench,
+    load: Load,
+    body: dict[str, Any],
+    direct_url: str,
+    gateway: Server,
+    rounds: int,
+    also: dict[str, int] | None = None,
+) -> Comparison:
+    """``rounds`` x (direct block, gateway block) after one discarded warm-up block per side. The CPU of
+    the gateway (and of the ``also`` PIDs) is counted over the gateway blocks only."""
+    watched = {"gateway": gateway.proc.pid, **(also or {})}
+    for url in (direct_url, gateway.chat_url):
+        bench.run(load.warmup(), url, body)
+    result = Comparison(cpu_s=dict.fromkeys(watched, 0.0))
+    with RssSampler(gateway.proc.pid) as rss:
+        for _ in range(rounds):
+            result.direct.add(bench.run(load, direct_url, body))
+            before = {name: cpu_seconds(pid) for name, pid in watched.items()}
+            result.gateway.add(bench.run(load, gateway.chat_url, body))
+            for name, pid in watched.items():
+                result.cpu_s[name] += cpu_seconds(pid) - before[name]
+    result.peak_rss_mb = rss.peak_mb
+    result.vmhwm_mb = memory_mb(gateway.proc.pid, "VmHWM")
+    return result
+
+
+Percentiles = dict[str, float | None]
+
+
+def _added(gateway: Percentiles | None, direct: Percentiles | None) -> Percentiles | None:
+    if gateway is None or direct is None:
+        return None
+    return {key: difference(gateway[key], direct[key]) for key in gateway}
+
+
+def summarise(name: str, load: Load, rounds: int, comparison: Comparison) -> dict[str, Any]:
+    direct, gateway = comparison.direct.summary(), comparison.gateway.summary()
+    gateway_requests = comparison.gateway.requests
+    loadgen_cpu = comparison.direct.loadgen_cpu_s + comparison.gateway.loadgen_cpu_s
+    return {
+        "name": name,
+        "concurrency": load.concurrency,
+        "stream": load.stream,
+        "rounds": rounds,
+        "block": load.requests,
+        "direct": direct,
+        "gateway": gateway,
+        "added_ms": _added(gateway["latency_ms"], direct["latency_ms"]),
+        "ttft_added_ms": _added(gateway["ttft_ms"], direct["ttft_ms"]),
+        "throughput_ratio": ratio(comparison.gateway.throughput, comparison.direct.throughput),
+        "gateway_cpu_s_per_1k": per_1k(comparison.cpu_s.get("gateway", 0.0), gateway_requests),
+        "cpu_s_per_1k": {who: per_1k(s, gateway_requests) for who, s in comparison.cpu_s.items()},
+        "loadgen_cpu_s_per_1k": per_1k(loadgen_cpu, comparison.direct.requests + gateway_requests),
+        "peak_rss_mb": comparison.peak_rss_mb,
+        "vmhwm_mb": comparison.vmhwm_mb,
+        "overhead_ms_p50": percentile(comparison.gateway.overhead_ms, 50),
+        "note": "",
+    }
+
+
+def chat(bench: Bench, name: str, concurrency: int, stream: bool) -> dict[str, Any]:
+    rounds, block = bench.plan(name)
+    load = Load(concurrency, block, stream)
+    comparison = alternate(
+        bench, load, chat_body(MODEL, stream), bench.upstream.chat_url, bench.gateway, rounds
+    )
+    return summarise(name, load, rounds, comparison)
+
+
+def streams_500(bench: Bench) -> dict[str, Any]:
+    name = "streams_500"
+    rounds, streams = bench.plan(name)
+    load = Load(streams, streams, stream=True, open_streams=True)
+    body = chat_body(GAP_MODEL, stream=True)
+    comparison = alternate(bench, load, body, bench.gap_upstream.chat_url, bench.gateway, rounds)
+    result = summarise(name, load, rounds, comparison)
+    d, g = result["direct"], result["gateway"]
+    result["note"] = (
+        f"completed {d['completed']}/{d['requests']} direct, {g['completed']}/{g['requests']} through the "
+        f"gateway; errors {d['errors']}/{g['errors']}; statuses through the gateway {g['statuses']}"
+    )
+    return result
+
+
+def temporal_load(bench: Bench, name: str, concurrency: int) -> dict[str, Any]:
+    dev, gateway = bench.temporal()
+    rounds, block = bench.plan(name)
+    load = Load(concurrency, block)
+    comparison = alternate(
+        bench, load, chat_body(MODEL), bench.upstream.chat_url, gateway, rounds, {"temporal": dev.proc.pid}
+    )
+    result = summarise(name, load, rounds, comparison)
+    dispatch = result["gateway"]["dispatch"]
+    result["not_durable"] = comparison.gateway.requests - dispatch.get("temporal", 0)
+    result["note"] = (
+        f"not durable (no x-tokenhub-dispatch: temporal): {result['not_durable']}; dispatch {dispatch}; "
+        f"Temporal dev server CPU s/1k req {fmt(result['cpu_s_per_1k'].get('temporal'))}"
+    )
+    return result
+
+
+def temporal_down(bench: Bench) -> dict[str, Any]:
+    """The Temporal gateway once its dev server is SIGKILLed: the first request meets the outage, the
+    next few open the breaker, then blocks with the breaker open."""
+    name = "temporal_down"
+    dev, gateway = bench.temporal()
+    rounds, block = bench.plan(name)
+    body = chat_body(MODEL)
+    dev.proc.kill()
+    first = bench.run(Load(1, 1), gateway.chat_url, body)
+    settle = bench.run(Load(1, SETTLE_REQUESTS), gateway.chat_url, body)
+    load = Load(1, block)
+    result = summarise(
+        name, load, rounds, alternate(bench, load, body, bench.upstream.chat_url, gateway, rounds)
+    )
+    bench.stop_temporal()
+    first_ms = first["latencies_ms"][0] if first["latencies_ms"] else None
+    result |= {
+        "first_request_ms": first_ms,
+        "first_request_extra_ms": difference(first_ms, result["direct"]["latency_ms"]["p50"]),
+        "first_request_dispatch": first["dispatch"],
+        "first_request_errors": first["errors"],
+        "settle_ms": settle["latencies_ms"],
+        "settle_dispatch": settle["dispatch"],
+    }
+    result["note"] = (
+        f"first request after the kill {fmt(first_ms)} ms, {fmt(result['first_request_extra_ms'])} ms over "
+        f"direct p50, dispatch {first['dispatch']}, errors {first['errors']}; the next {SETTLE_REQUESTS}: "
+        f"{', '.join(fmt(ms) for ms in settle['latencies_ms'])} ms, dispatch {settle['dispatch']}; "
+        f"breaker-open blocks: dispatch {result['gateway']['dispatch']}"
+    )
+    return result
+
+
+def soak(bench: Bench) -> dict[str, Any]:
+    """c16 through the gateway without pause; VmRSS every 10 s. Growth is measured from the first minute,
+    not from start-up, so warm caches do not count as a leak."""
+    name = "soak"
+    load = Load(16, SOAK_BLOCK)
+    body, url, pid = chat_body(MODEL), bench.gateway.chat_url, bench.gateway.proc.pid
+    bench.run(load.warmup(), url, body)
+    comparison = Comparison(cpu_s={"gateway": 0.0})
+    with RssSampler(pid, SOAK_SAMPLE_S) as rss:
+        deadline = time.monotonic() + bench.soak_s
+        while time.monotonic() < deadline:
+            before = cpu_seconds(pid)
+            comparison.gateway.add(bench.run(load, url, body))
+            comparison.cpu_s["gateway"] += cpu_seconds(pid) - before
+    comparison.peak_rss_mb = rss.peak_mb
+    comparison.vmhwm_mb = memory_mb(pid, "VmHWM")
+    settled_at = min(SOAK_SETTLED_S, bench.soak_s / 2)
+    settled = next((mb for at, mb in rss.samples if at >= settled_at), None)
+    end = rss.samples[-1][1] if rss.samples else None
+    growth = ratio(difference(end, settled), settled)
+    result = summarise(name, load, 0, comparison)
+    result |= {
+        "seconds": bench.soak_s,
+        "rss_samples_mb": [(round(at, 1), round(mb, 2)) for at, mb in rss.samples],
+        "rss_settled_mb": settled,
+        "rss_end_mb": end,
+        "rss_growth_pct": None if growth is None else growth * 100,
+    }
+    g = result["gateway"]
+    result["note"] = (
+        f"RSS after {settled_at:g} s {fmt(settled)} MB, at the end {fmt(end)} MB, growth "
+        f"{fmt(result['rss_growth_pct'])} %; {g['requests']} requests, {g['errors']} errors"
+    )
+    return result
+
+
+Scenario = Callable[[Bench], dict[str, Any]]
+SCENARIOS: dict[str, Scenario] = {
+    "nonstream_c1": partial(chat, name="nonstream_c1", concurrency=1, stream=False),
+    "nonstream_c16": partial(chat, name="nonstream_c16", concurrency=16, stream=False),
+    "nonstream_c64": partial(chat, name="nonstream_c64", concurrency=64, stream=False),
+    "stream_c1": partial(chat, name="stream_c1", concurrency=1, stream=True),
+    "stream_c64": partial(chat, name="stream_c64", concurrency=64, stream=True),
+    "streams_500": streams_500,
+    "temporal_c1": partial(temporal_load, name="temporal_c1", concurrency=1),
+    "temporal_c16": partial(temporal_load, name="temporal_c16", concurrency=16),
+    "temporal_down": temporal_down,
+    "soak": soak,
+}
+FULL_ONLY = ("soak",)
