@@ -28,7 +28,7 @@ class RequestMiddleware:
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
-        self._overhead = metrics.overhead
+        self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -57,7 +57,7 @@ class RequestMiddleware:
                 message["headers"] = headers
                 path = next((value for name, value in headers if name == _DISPATCH), None)
                 if path is not None:
-                    self._overhead.labels(path.decode()).observe(overhead_ms)
+                    self._metrics.overhead_ms(path.decode(), overhead_ms)
             await send(message)
 
         await self.app(scope, receive, sending)

