@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -68,6 +69,25 @@ async def test_writing_the_same_row_twice_stores_it_once(store: SQLStore) -> Non
     assert sorted(r.request_id for r in await store.request_logs()) == ["req-1", "req-2"]
 
 
+async def test_values_survive_the_batch_encoding_exactly(store: SQLStore) -> None:
+    """SQLite receives a batch as one JSON document: quotes, non-ASCII text, NULLs, booleans and exact
+    times must come back as they went in."""
+    at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+    tricky = dataclasses.replace(
+        row(1, at=at),
+        model='gpt-"4o"\né漢',
+        reason="it's; DROP TABLE request_logs; --",
+        tokens_estimated=True,
+        cost_usd=1e-9,
+    )
+    await store.write_request_logs([tricky])
+    (stored,) = await store.request_logs()
+    assert stored.model == tricky.model and stored.reason == tricky.reason
+    assert stored.tokens_estimated is True and stored.ttft_ms is None
+    assert stored.cost_usd == pytest.approx(1e-9) and stored.input_tokens == 1
+    assert stored.created_at.replace(tzinfo=UTC) == at
+
+
 async def test_ping(store: SQLStore) -> None:
     await store.ping()
 
@@ -80,6 +100,33 @@ async def test_writer_batches_and_flushes_everything_on_close(store: SQLStore) -
     assert await store.request_logs() == []  # nothing written on the request path
     await writer.aclose()
     assert len(await store.request_logs(limit=100)) == 20
+
+
+class WatchedStore:
+    """The real store, with a signal once a write is under way."""
+
+    def __init__(self, store: SQLStore) -> None:
+        self.store = store
+        self.writing = asyncio.Event()
+
+    async def write_request_logs(self, rows: Sequence[RequestLog]) -> None:
+        self.writing.set()
+        await self.store.write_request_logs(rows)
+
+    async def ping(self) -> None:
+        await self.store.ping()
+
+
+async def test_writer_closed_while_writing_keeps_every_row(store: SQLStore) -> None:
+    """Shutdown while a flush is under way: the write in flight finishes, the rest follow."""
+    watched = WatchedStore(store)
+    writer = RequestLogWriter(watched, flush_interval_s=0.001, max_batch=50)
+    await writer.start()
+    for i in range(2_000):
+        await writer.write(row(i))
+    await asyncio.wait_for(watched.writing.wait(), 10)
+    await writer.aclose()
+    assert len(await store.request_logs(limit=5_000)) == 2_000
 
 
 class OutageStore:

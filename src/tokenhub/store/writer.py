@@ -56,7 +56,10 @@ class RequestLogWriter:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            # Stopped between flushes, never inside one: a write cancelled half way leaves its transaction
+            # holding SQLite's lock, and the final flush below would wait for it, then give up.
+            async with self._lock:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
