@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-CONFIG ?= examples/demo.yaml
 
 .PHONY: run test lint typecheck check clean bench bench-quick
 
@@ -14,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/tokenhub dev --config $(CONFIG)
+	$(BIN)/tokenhub dev $(if $(CONFIG),--config $(CONFIG))
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench

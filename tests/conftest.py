@@ -152,7 +152,14 @@ def start_on(
     if path == "temporal":
         manager = gateway.components.manager
         wait_until(lambda: manager.connected and manager.worker_running, what="Temporal up")
+        request.addfinalizer(lambda: _assert_no_fallback(gateway))
     return gateway
+
+
+def _assert_no_fallback(gateway: Gateway) -> None:
+    """A test run "on the Temporal path" must not have passed by quietly falling back to a direct call."""
+    fallbacks = gateway.components.metrics.temporal_fallback_counts()
+    assert not any(fallbacks.values()), f"requests fell back from Temporal to direct: {fallbacks}"
 
 
 @dataclass

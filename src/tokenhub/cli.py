@@ -15,6 +15,9 @@ from pydantic import ValidationError
 from tokenhub.config import Catalog, ConfigError, Settings, load_catalog
 from tokenhub.telemetry import configure_logging
 
+# What ``tokenhub dev`` serves when given no providers/models file: three simulated providers.
+DEMO_CATALOG = Path(__file__).with_name("demo.yaml")
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tokenhub", description="An OpenAI-compatible LLM gateway.")
@@ -29,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
             "--port", type=int, help="port to bind (default from TOKENHUB_LISTEN_ADDR, 8090)"
         )
         command.add_argument(
-            "--config", type=Path, help="providers/models YAML file (default TOKENHUB_CONFIG)"
+            "--config",
+            type=Path,
+            help="providers/models YAML file (default TOKENHUB_CONFIG; dev falls back to the demo catalogue)",
         )
     worker = commands.add_parser("worker", help="run a Temporal worker alone (no HTTP)")
     worker.add_argument("--config", type=Path, help="providers/models YAML file (default TOKENHUB_CONFIG)")
@@ -47,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         if updates:
             settings = Settings.model_validate({**settings.model_dump(), **updates})
         config_path = getattr(args, "config", None) or settings.config
+        if config_path is None and args.command == "dev":
+            config_path = DEMO_CATALOG
         catalog = load_catalog(config_path) if config_path else Catalog.empty()
     except ConfigError as exc:
         return _config_error(str(exc))

@@ -56,6 +56,14 @@ ENDPOINTS = [
     ("GET", "/temporal"),
     ("PUT", "/temporal"),
     ("GET", "/workflows"),
+    ("GET", "/workflows/wf-1"),
+    ("GET", "/workflows/wf-1/history"),
+    ("GET", "/keys"),
+    ("POST", "/keys"),
+    ("GET", "/keys/key-1"),
+    ("PATCH", "/keys/key-1"),
+    ("POST", "/keys/key-1/rotate"),
+    ("DELETE", "/keys/key-1"),
 ]
 
 

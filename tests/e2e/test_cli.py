@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO = ROOT / "examples" / "demo.yaml"
+DEMO = ROOT / "src" / "tokenhub" / "demo.yaml"
 
 
 def free_port() -> int:
@@ -115,11 +115,9 @@ def test_dev_runs_a_local_temporal_and_stops_it_on_exit(tmp_path: Path) -> None:
     """What `make run` does: a Temporal dev server, the gateway with the flag on, both gone on SIGTERM."""
     port, temporal_port = free_port(), free_port()
     process = run_tokenhub(
-        "dev",
+        "dev",  # no --config: dev serves the demo catalogue
         "--port",
         str(port),
-        "--config",
-        str(DEMO),
         cwd=tmp_path,
         env={"TOKENHUB_TEMPORAL_HOST": f"127.0.0.1:{temporal_port}"},
     )

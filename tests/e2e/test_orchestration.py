@@ -271,3 +271,64 @@ def test_a_worker_lost_mid_orchestration_resumes_without_repeating_finished_phas
     }
     assert len(planner.requests) == 2  # plan and refine: the finished plan phase was not repeated
     assert len(critic.requests) == 2  # the critique lost with its worker was made again
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "param"),
+    [
+        ({"orchestration": {"mode": "refine", "iterations": 11}}, 400, "orchestration.iterations"),
+        ({"orchestration": {"mode": "debate"}}, 400, "orchestration.mode"),
+        ({"orchestration": {"mode": "adversarial", "primary_model_id": "nope"}}, 404, "model"),
+        ({"orchestration": {"mode": "vote", "review_model_id": "nope"}}, 404, "model"),
+        (
+            {"request": {"messages": [{"role": "user", "content": "x"}], "stream": True}},
+            400,
+            "request.stream",
+        ),
+        ({"request": {"messages": []}}, 400, "request.messages"),
+        ({"output_format": {"type": "markdown"}}, 400, "output_format.type"),
+        (
+            {"orchestration": {"mode": "refine", "output_schema": "{not json"}},
+            400,
+            "orchestration.output_schema",
+        ),
+    ],
+)
+def test_a_bad_plan_is_refused_before_any_model_is_asked(
+    orchestra: Orchestra, change: dict[str, Any], status: int, param: str
+) -> None:
+    body = {"request": {"messages": [{"role": "user", "content": "Plan."}]}, "orchestration": {}, **change}
+    response = httpx.post(f"{orchestra.gateway.v1}/plan", json=body, timeout=30)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["param"] == param, error
+    assert all(not fake.requests for fake in orchestra.fakes.values())
+
+
+def test_a_schema_given_in_output_format_is_enforced_on_the_plan(orchestra: Orchestra) -> None:
+    orchestra.fakes["planner"].push(answer("PLAN"))
+    body = {
+        "request": {"messages": [{"role": "user", "content": "Plan."}]},
+        "orchestration": {"mode": "adversarial", "return_plan_only": True, "primary_model_id": "planner"},
+        "output_format": {"schema": '{"type": "object", "required": ["budget"]}'},
+    }
+    response = httpx.post(f"{orchestra.gateway.v1}/plan", json=body, timeout=30)
+    assert response.status_code == 422, response.text
+    assert "'budget' is a required property" in response.json()["error"]["message"]
+
+
+def test_voters_are_asked_at_the_same_time(orchestra: Orchestra) -> None:
+    """Each voter holds its answer for 3 s: asked one after another, the second would hear nothing for 3 s;
+    asked together, all three are waiting at once."""
+    fakes = orchestra.fakes
+    for voter in ("planner", "critic", "third"):
+        fakes[voter].push(Reply(body=completion(f"from {voter}", usage=USAGE), delay=3.0))
+    fakes["judge"].push(answer("1"))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        voting = pool.submit(orchestra.plan, {"mode": "vote", "iterations": 3, "review_model_id": "judge"})
+        wait_until(
+            lambda: all(fakes[v].requests for v in ("planner", "critic", "third")),
+            timeout=2.5,
+            what="all three voters asked before the first one answered",
+        )
+        assert voting.result(timeout=60).status_code == 200

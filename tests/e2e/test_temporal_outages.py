@@ -12,6 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from tests.conftest import wait_until
 from tests.e2e.test_temporal_dispatch import ADMIN, BODY, CATALOG, admin_status, post
 from tests.fakes.openai_upstream import FakeOpenAI, Reply
@@ -38,11 +40,21 @@ def test_temporal_down_at_start_up_then_up_is_used_without_a_restart(
     response = post(gateway)
     assert response.status_code == 200
     assert response.headers["x-tokenhub-dispatch"] == "direct"
-    assert admin_status(gateway)["fallbacks"] == {"not_connected": 1}
+    status = admin_status(gateway)
+    assert status["fallbacks"] == {"not_connected": 1}
+    assert (status["enabled"], status["connected"], status["worker_running"]) == (True, False, False)
     server.start()
     try:
         manager = gateway.components.manager
         wait_until(lambda: manager.connected and manager.worker_running, timeout=30, what="reconnect")
+        status = admin_status(gateway)
+        assert (status["connected"], status["worker_running"], status["breaker"]) == (True, True, "closed")
+        settings = gateway.components.settings
+        assert (status["host"], status["namespace"], status["task_queue"]) == (
+            server.host,
+            settings.temporal_namespace,
+            settings.temporal_task_queue,
+        )
         later = post(gateway)
         assert later.status_code == 200
         assert later.headers["x-tokenhub-dispatch"] == "temporal"
@@ -71,7 +83,16 @@ def test_temporal_killed_with_requests_in_flight(
         # None hangs past its bound, each gets an answer (these have a healthy upstream to fall back to).
         assert [a.status_code for a in answers] == [200] * 12
         assert gateway.components.breaker.state in ("open", "half_open")
-        assert sum(admin_status(gateway)["fallbacks"].values()) >= 3
+        fallbacks = admin_status(gateway)["fallbacks"]
+        assert sum(fallbacks.values()) >= 3
+        # The upstream is asked once per request, except when Temporal was lost after ChatActivity began:
+        # then the fallback may ask again, and that case is counted as result_lost.
+        assert 13 <= len(fake.requests) <= 13 + fallbacks.get("result_lost", 0)
+        metrics = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+        for reason, count in fallbacks.items():
+            assert f'tokenhub_temporal_fallback_total{{reason="{reason}"}} {float(count)}' in metrics
+        direct = sum(a.headers["x-tokenhub-dispatch"] == "direct" for a in answers)
+        assert direct >= 3 and f'tokenhub_dispatch_total{{path="direct"}} {float(direct)}' in metrics
 
         server.start()
         fake.default = None

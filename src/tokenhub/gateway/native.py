@@ -143,8 +143,7 @@ class PlanEndpoint(Endpoint):
             if model_id and self._engine.registry.get_routable(model_id) is None:
                 raise ModelNotFound(model_id)
         directive = OrchestrationDirective.model_validate(spec.model_dump(exclude={"output_schema"}))
-        schema = _schema(spec.output_schema, "orchestration.output_schema")
-        shaping = Shaping(output_schema=schema)
+        shaping = Shaping(output_schema=_plan_schema(parsed))
         ctx = call_context(scope, body, report)
         plan = self._dispatcher.plan(request, directive, ctx, shaping, keyed(scope, Policy()))
         result = await unless_disconnected(receive, plan)
@@ -153,6 +152,27 @@ class PlanEndpoint(Endpoint):
             result.negotiated_model, result.cost_usd, result.routing_reason, result.response_json()
         )
         await send_json(send, envelope, [*routing_headers(decision), *dispatch_headers(report)])
+
+
+def _plan_schema(parsed: PlanBody) -> dict[str, Any] | None:
+    """The schema the composite response must match, wherever the client put it. The rest of
+    ``output_format`` shapes text, and a plan's response is an object: refused rather than ignored."""
+    output_format = parsed.output_format
+    if output_format is not None:
+        shaping = output_format.model_dump(exclude={"schema_"}, exclude_defaults=True)
+        if shaping:
+            field = next(iter(shaping))
+            raise InvalidRequest(
+                "/v1/plan answers with an object; only output_format.schema applies to it.",
+                param=f"output_format.{field}",
+                code="invalid_value",
+            )
+    candidates = (
+        (parsed.orchestration.output_schema, "orchestration.output_schema"),
+        (output_format.schema_ if output_format else None, "output_format.schema"),
+        (parsed.request.output_schema, "request.output_schema"),
+    )
+    return next((_schema(value, param) for value, param in candidates if value is not None), None)
 
 
 def _envelope(model: str, cost_usd: float, reason: str, response: object) -> dict[str, object]:
