@@ -1,5 +1,5 @@
 """``python -m tokenhub`` is the ``tokenhub`` command."""
 
-from tokenhub.cli import main
+from tokenhub.cli import run
 
-raise SystemExit(main())
+run()

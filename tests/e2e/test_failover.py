@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from tests.fakes.openai_upstream import FakeOpenAI, Reply, error_body, text_chunks
@@ -189,6 +190,28 @@ def test_mid_stream_error_event_has_no_event_line(pair: Any) -> None:
     events = [e for e in body.split("\n\n") if e]
     assert events[-1].startswith('data: {"error":{"message":')
     assert "event:" not in body and "[DONE]" not in body
+
+
+def test_content_and_an_error_event_sent_together_reach_the_client_in_order(pair: Any) -> None:
+    """One upstream write holding two tokens and then an in-band error event: the gateway passes what
+    arrived together on together, and must neither drop the tokens nor reorder the error."""
+    fake_a, _, gateway = pair
+    frames = [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in text_chunks(["one", "two"])[:3]]
+    error = b'data: {"error": {"message": "engine overloaded", "code": 503}}\n\n'
+    fake_a.push(Reply(chunks=[b"".join(frames) + error], done=False))
+    with httpx.stream(
+        "POST",
+        f"{gateway.v1}/chat/completions",
+        timeout=10,
+        json={"model": "primary", "messages": MESSAGES, "stream": True},
+    ) as response:
+        events = [orjson.loads(e.removeprefix("data: ")) for e in response.read().decode().split("\n\n") if e]
+    content = [e["choices"][0]["delta"].get("content") for e in events[:-1]]
+    assert content == ["", "one", "two"]
+    assert events[-1]["error"]["message"].endswith("engine overloaded")
+    gateway.stop()
+    (row,) = gateway.request_logs()
+    assert row["error_class"] == "transient" and row["stream"] == 1
 
 
 async def test_client_disconnect_mid_stream_closes_the_upstream(pair: Any) -> None:

@@ -61,7 +61,7 @@ def chat(content: str = "Hi there", **body: Any) -> ChatRequest:
 
 
 async def collect(provider: AnthropicProvider, request: ChatRequest) -> list[Chunk]:
-    return [chunk async for chunk in provider.stream(request, TARGET, TIMEOUT)]
+    return [chunk async for batch in provider.stream(request, TARGET, TIMEOUT) for chunk in batch]
 
 
 async def call(provider: AnthropicProvider, request: ChatRequest) -> object:
@@ -198,8 +198,8 @@ async def test_stream_through_the_normaliser_keeps_openai_invariants(
     request = chat(stream=True, stream_options={"include_usage": True})
     normaliser = ChunkNormaliser(model_id="our-claude", include_usage=True, prompt_tokens_estimate=1)
     out: list[Chunk] = []
-    async for chunk in provider.stream(request, TARGET, TIMEOUT):
-        out += normaliser.feed(chunk)
+    async for batch in provider.stream(request, TARGET, TIMEOUT):
+        out += [normalised for chunk in batch for normalised in normaliser.feed(chunk)]
     out += normaliser.finish()
 
     assert len({chunk["id"] for chunk in out}) == 1
@@ -271,8 +271,8 @@ async def test_an_error_event_mid_stream_raises_after_the_content_so_far(
     received: list[Chunk] = []
 
     async def drain() -> None:
-        async for chunk in provider.stream(chat(stream=True), TARGET, TIMEOUT):
-            received.append(chunk)
+        async for batch in provider.stream(chat(stream=True), TARGET, TIMEOUT):
+            received.extend(batch)
 
     with pytest.raises(UpstreamError) as caught:
         await drain()
@@ -305,7 +305,7 @@ async def test_closing_the_stream_early_hangs_up_on_the_upstream(
     app.push(Reply(events=text_stream([f"w{i} " for i in range(200)]), chunk_delay=0.02))
     stream = provider.stream(chat(stream=True), TARGET, TIMEOUT)
     first = await anext(aiter(stream))
-    assert first["choices"][0]["delta"]["content"] == "w0 "
+    assert [chunk["choices"][0]["delta"]["content"] for chunk in first][-1] == "w0 "
     await stream.aclose()  # type: ignore[attr-defined]
     # Waited for off the loop: the client's socket is closed by this loop's next turns.
     assert await asyncio.to_thread(app.client_disconnected.wait, 5)

@@ -264,24 +264,27 @@ class Engine:
 
         reserved: dict[str, Reservation | None] = {}
 
-        async def attempt(model: ModelSpec) -> tuple[AsyncIterator[Chunk], list[Chunk]]:
+        async def attempt(model: ModelSpec) -> tuple[AsyncIterator[list[Chunk]], list[Chunk]]:
             provider = self.registry.provider(model.provider_id)
             capped = _within_budget(request, output_cap(model, policy, estimate))
             reservation = reserved[model.id] = await self._reserve(policy, model, estimate, capped)
             upstream = aiter(provider.stream(capped, model.target, timeout))
             prefix: list[Chunk] = []
+            committed = False
             waiting = time.monotonic()
             try:
                 async with asyncio.timeout(timeout):
-                    while not prefix or not is_substantive(prefix[-1]):
-                        prefix.append(await anext(upstream))
+                    while not committed:
+                        batch = await anext(upstream)
+                        prefix += batch
+                        committed = any(is_substantive(chunk) for chunk in batch)
             except StopAsyncIteration:
                 raise UpstreamError("transient", "upstream ended the stream without any content") from None
             except TimeoutError:
                 raise UpstreamError("timeout", f"no first token within {timeout:g}s") from None
             finally:
                 charge(time.monotonic() - waiting)  # the wait for the first token: what the client waits on
-                if not prefix or not is_substantive(prefix[-1]):
+                if not committed:
                     await _aclose(upstream)
                     await self._settle(reservation, 0.0)
             self.health.record_success(model.provider_id, None)
@@ -462,7 +465,7 @@ def _tokens_of(completion: ChatCompletion, estimate: Estimate) -> TokenCount:
     return TokenCount(estimate.input_tokens, estimate_tokens(text), estimated=True)
 
 
-async def _aclose(iterator: AsyncIterator[Chunk]) -> None:
+async def _aclose(iterator: AsyncIterator[object]) -> None:
     aclose = getattr(iterator, "aclose", None)
     if aclose is not None:
         await aclose()

@@ -160,14 +160,14 @@ class ChunkNormaliser:
 class ChatStream:
     """A routed stream whose first content is already in hand: the point past which failover stops.
 
-    Iterate it for normalised chunks; it raises ``UpstreamError`` if the upstream breaks mid-way.
+    Iterate it for batches of normalised chunks; it raises ``UpstreamError`` if the upstream breaks mid-way.
     ``aclose()`` closes the upstream connection; call it in ``finally``.
     """
 
     def __init__(
         self,
         *,
-        upstream: AsyncIterator[Chunk],
+        upstream: AsyncIterator[list[Chunk]],
         prefix: list[Chunk],
         normaliser: ChunkNormaliser,
         model: ModelSpec,
@@ -191,20 +191,19 @@ class ChatStream:
         self._on_close = on_close
         self._iterator = self._iterate()
 
-    def __aiter__(self) -> AsyncIterator[Chunk]:
+    def __aiter__(self) -> AsyncIterator[list[Chunk]]:
         return self._iterator
 
-    async def _iterate(self) -> AsyncGenerator[Chunk, None]:
-        normaliser = self._normaliser
+    async def _iterate(self) -> AsyncGenerator[list[Chunk], None]:
+        feed = self._normaliser.feed
         try:
-            for chunk in self._prefix:
-                for out in normaliser.feed(chunk):
+            prefix, self._prefix = self._prefix, []
+            if out := [normalised for chunk in prefix for normalised in feed(chunk)]:
+                yield out
+            async for batch in self._upstream:
+                if out := [normalised for chunk in batch for normalised in feed(chunk)]:
                     yield out
-            self._prefix = []
-            async for chunk in self._upstream:
-                for out in normaliser.feed(chunk):
-                    yield out
-            for out in normaliser.finish():
+            if out := self._normaliser.finish():
                 yield out
             self.completed = True
         except UpstreamError as exc:

@@ -40,7 +40,9 @@ class StreamHandle(Protocol):
     decision: Decision
     deadline: float
 
-    def __aiter__(self) -> AsyncIterator[Chunk]: ...
+    def __aiter__(self) -> AsyncIterator[list[Chunk]]:
+        """Chunks in batches: those the upstream sent together, to be written to the client at once."""
+        ...
 
     async def aclose(self, *, client_gone: bool = False, error: UpstreamError | None = None) -> None: ...
 
@@ -222,8 +224,8 @@ async def _pump(stream: StreamHandle, send: Send) -> UpstreamError | None:
     failure: UpstreamError | None = None
     try:
         async with asyncio.timeout(max(0.0, stream.deadline - time.monotonic())):
-            async for chunk in stream:
-                data = b"data: " + orjson.dumps(chunk) + b"\n\n"
+            async for batch in stream:
+                data = b"".join([b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in batch])
                 await send({"type": "http.response.body", "body": data, "more_body": True})
     except UpstreamError as exc:
         failure = exc

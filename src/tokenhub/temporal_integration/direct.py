@@ -152,7 +152,7 @@ class RecordedStream:
         self.decision = stream.decision
         self.deadline = stream.deadline
 
-    def __aiter__(self) -> AsyncIterator[Chunk]:
+    def __aiter__(self) -> AsyncIterator[list[Chunk]]:
         return aiter(self._stream)
 
     async def aclose(self, *, client_gone: bool = False, error: UpstreamError | None = None) -> None:

@@ -70,13 +70,27 @@ class AnthropicProvider:
             ) from None
         return to_completion(payload, target.model_id, provider_id=self.id)
 
-    async def stream(self, request: ChatRequest, target: Target, timeout: float) -> AsyncIterator[Chunk]:
+    async def stream(
+        self, request: ChatRequest, target: Target, timeout: float
+    ) -> AsyncIterator[list[Chunk]]:
         body = self._body(request, target, stream=True)
         translator = StreamTranslator(target.model_id, provider_id=self.id)
         async with self._client.post(PATH, body, read_timeout=timeout, total_timeout=None) as response:
-            async for event in response.events():
-                for chunk in translator.feed(event.event, _event_data(event.data, self.id)):
-                    yield chunk
+            async for events in response.events():
+                chunks: list[Chunk] = []
+                failure: UpstreamError | None = None
+                for event in events:
+                    try:
+                        chunks += translator.feed(event.event, _event_data(event.data, self.id))
+                    except UpstreamError as exc:
+                        failure = exc  # after the chunks that came before it
+                        break
+                    if translator.done:
+                        break
+                if chunks:
+                    yield chunks
+                if failure is not None:
+                    raise failure
                 if translator.done:
                     return
         raise UpstreamError("transient", "upstream ended the stream before message_stop", provider_id=self.id)

@@ -36,9 +36,10 @@ class Provider(Protocol):
 
     async def send(self, request: ChatRequest, target: Target, timeout: float) -> ChatCompletion: ...
 
-    def stream(self, request: ChatRequest, target: Target, timeout: float) -> AsyncIterator[Chunk]:
-        """Yield OpenAI-shaped chunks, usage included as OpenAI's ``include_usage`` chunk when the
-        upstream reports it. Closing the iterator early closes the upstream connection."""
+    def stream(self, request: ChatRequest, target: Target, timeout: float) -> AsyncIterator[list[Chunk]]:
+        """Yield OpenAI-shaped chunks in batches (those that arrived together; never an empty batch),
+        usage included as OpenAI's ``include_usage`` chunk when the upstream reports it. Closing the
+        iterator early closes the upstream connection."""
         ...
 
 

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from tokenhub.engine.errors import UpstreamError
 from tokenhub.engine.providers.base import Chunk, Target
-from tokenhub.engine.providers.upstream import UpstreamClient, classify_status
+from tokenhub.engine.providers.upstream import SSEEvent, UpstreamClient, classify_status
 from tokenhub.engine.types import ChatCompletion, ChatRequest
 
 PATH = "/v1/chat/completions"
@@ -37,29 +37,46 @@ class OpenAICompatProvider:
                 "fatal", f"malformed completion from upstream: {exc.errors()[0]['msg']}", provider_id=self.id
             ) from None
 
-    async def stream(self, request: ChatRequest, target: Target, timeout: float) -> AsyncIterator[Chunk]:
+    async def stream(
+        self, request: ChatRequest, target: Target, timeout: float
+    ) -> AsyncIterator[list[Chunk]]:
         body = orjson.dumps(request.upstream_payload(target.upstream_model))
         async with self._client.post(PATH, body, read_timeout=timeout, total_timeout=None) as response:
-            async for event in response.events():
-                if event.data == "[DONE]":
+            async for events in response.events():
+                chunks: list[Chunk] = []
+                failure: UpstreamError | None = None
+                done = False
+                for event in events:
+                    if event.data == "[DONE]":
+                        done = True
+                        break
+                    try:
+                        chunks.append(self._chunk(event))
+                    except UpstreamError as exc:
+                        failure = exc  # after the chunks that came before it
+                        break
+                if chunks:
+                    yield chunks
+                if failure is not None:
+                    raise failure
+                if done:
                     return
-                try:
-                    chunk = orjson.loads(event.data)
-                except orjson.JSONDecodeError:
-                    raise UpstreamError(
-                        "transient", "upstream sent a chunk that is not JSON", provider_id=self.id
-                    ) from None
-                if not isinstance(chunk, dict):
-                    raise UpstreamError(
-                        "transient", "upstream sent a chunk that is not an object", provider_id=self.id
-                    )
-                if "error" in chunk:
-                    # An in-band error event (vLLM, llama.cpp and others send these mid-stream).
-                    error = classify_status(
-                        _status_of(chunk["error"]), event.data.encode(), {}, provider_id=self.id
-                    )
-                    raise error
-                yield chunk
+
+    def _chunk(self, event: SSEEvent) -> Chunk:
+        try:
+            chunk = orjson.loads(event.data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(
+                "transient", "upstream sent a chunk that is not JSON", provider_id=self.id
+            ) from None
+        if not isinstance(chunk, dict):
+            raise UpstreamError(
+                "transient", "upstream sent a chunk that is not an object", provider_id=self.id
+            )
+        if "error" in chunk:
+            # An in-band error event (vLLM, llama.cpp and others send these mid-stream).
+            raise classify_status(_status_of(chunk["error"]), event.data.encode(), {}, provider_id=self.id)
+        return chunk
 
 
 def _status_of(error: object) -> int:

@@ -85,7 +85,9 @@ class SimulatedProvider:
             strict=False,
         )
 
-    async def stream(self, request: ChatRequest, target: Target, timeout: float) -> AsyncIterator[Chunk]:
+    async def stream(
+        self, request: ChatRequest, target: Target, timeout: float
+    ) -> AsyncIterator[list[Chunk]]:
         plan = self._plan(request, target)
         await self._wait(plan.ttft_s, timeout)
         plan.fail_if_planned(self.id)
@@ -99,16 +101,15 @@ class SimulatedProvider:
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }
 
-        yield chunk({"role": "assistant", "content": ""})
+        yield [chunk({"role": "assistant", "content": ""})]
         per_token = 1.0 / self._options.tokens_per_s
         if plan.tool_call is not None:
-            yield chunk({"tool_calls": [{"index": 0, **plan.tool_call}]})
+            yield [chunk({"tool_calls": [{"index": 0, **plan.tool_call}]})]
         for i, word in enumerate(plan.words):
             if i:
                 await asyncio.sleep(per_token)
-            yield chunk({"content": word if i == 0 else " " + word})
-        yield chunk({}, plan.finish_reason)
-        yield {
+            yield [chunk({"content": word if i == 0 else " " + word})]
+        usage = {
             "id": plan.completion_id,
             "object": "chat.completion.chunk",
             "created": plan.created,
@@ -116,6 +117,7 @@ class SimulatedProvider:
             "choices": [],
             "usage": plan.usage,
         }
+        yield [chunk({}, plan.finish_reason), usage]
 
     def _plan(self, request: ChatRequest, target: Target) -> _Plan:
         if request.n not in (None, 1):
