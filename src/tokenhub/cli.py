@@ -115,9 +115,10 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         # What start-up built lives as long as the process: freeze it out of the collector's scans, and
-        # collect the young generation less often. Streams allocate a few dicts per token, and the
-        # collections they triggered cost a third of the gateway's CPU on them (measured: 3.1 ms of CPU
-        # per 200-token stream at concurrency 16, 1.9 ms with this).
+        # collect the young generation less often. Requests allocate many short-lived dicts, and the
+        # collections they triggered were a third of the gateway's CPU under load (measured: 3.1 ms of
+        # CPU per 200-token stream at concurrency 16, 1.9 ms with this; non-stream at concurrency 64,
+        # 0.85 ms of CPU a request, 0.63 with this; unchanged at concurrency 1).
         gc.collect()
         gc.freeze()
         gc.set_threshold(20_000, 20, 20)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,6 +22,7 @@ from tests.admin_client import ADMIN, AUTH, SECRET, Admin
 from tests.conftest import wait_until
 from tests.fakes.openai_upstream import FakeOpenAI, Reply, error_body
 from tests.temporal_server import DevServer, free_port
+from tokenhub.store import Secrets
 
 CATALOG = """
 providers:
@@ -370,3 +373,162 @@ def test_a_separate_worker_serves_a_provider_added_through_the_api_and_its_event
     wait_until(lambda: admin.chat("m2").status_code == 404, timeout=30, what="m2 retired everywhere")
     served = admin.chat()
     assert served.headers["x-tokenhub-dispatch"] == "temporal" and served.headers["x-tokenhub-model"] == "m1"
+
+
+def test_the_provider_list_shows_every_provider_without_secrets(admin: Admin) -> None:
+    created = admin.send(
+        "POST",
+        "/providers",
+        {"id": "keyed", "type": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-list-secret"},
+    )
+    assert created.status_code == 201, created.text
+    admin.send("POST", "/providers", {"id": "sim", "type": "simulated", "enabled": False})
+    response = admin.get("/providers")
+    assert response.status_code == 200 and "sk-list-secret" not in response.text
+    listed = response.json()
+    assert listed["next_cursor"] is None
+    shown = {p["id"]: p for p in listed["items"]}
+    assert sorted(shown) == ["first", "keyed", "sim"]
+    assert shown["first"]["type"] == "openai" and shown["first"]["has_api_key"] is False
+    assert shown["first"]["enabled"] is True and shown["first"]["usable"] is True
+    assert shown["keyed"]["base_url"] == "http://127.0.0.1:9" and shown["keyed"]["has_api_key"] is True
+    assert shown["sim"]["type"] == "simulated" and shown["sim"]["enabled"] is False
+    assert shown["sim"]["usable"] is False  # disabled: nothing can reach it
+    assert all("api_key" not in p and "api_key_encrypted" not in p for p in shown.values())
+
+
+def test_a_patched_provider_shows_the_change_and_routes_by_it(
+    admin: Admin, fake_openai: tuple[FakeOpenAI, str], make_fake_openai: Any
+) -> None:
+    old, _ = fake_openai
+    new, new_url = make_fake_openai()
+    assert admin.chat("m1").status_code == 200 and len(old.requests) == 1
+    patched = admin.send("PATCH", "/providers/first", {"base_url": f"{new_url}/v1"})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["base_url"] == new_url and patched.json()["type"] == "openai"  # the rest is kept
+    assert admin.get("/providers/first").json()["base_url"] == new_url
+    response = admin.chat("m1")
+    assert response.status_code == 200 and response.headers["x-tokenhub-provider"] == "first"
+    assert len(new.requests) == 1 and len(old.requests) == 1  # the new address served it, the old did not
+    disabled = admin.send("PATCH", "/providers/first", {"enabled": False})
+    assert disabled.status_code == 200 and disabled.json()["enabled"] is False
+    assert admin.get("/providers/first").json()["usable"] is False
+    refused = admin.chat("m1")  # its only model is not routable any more
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+    assert admin.send("POST", "/routing/simulate", {}).json()["decision"] is None
+    assert len(new.requests) == 1 and len(old.requests) == 1
+    assert admin.send("PATCH", "/providers/first", {"enabled": True}).status_code == 200
+    assert admin.chat("m1").status_code == 200 and len(new.requests) == 2
+    assert [e["action"] for e in admin.get("/audit").json()["items"]] == ["provider.update"] * 3
+    assert admin.send("PATCH", "/providers/nobody", {"enabled": False}).status_code == 404
+    assert admin.send("PATCH", "/providers/first", {"id": "renamed"}).status_code == 400
+
+
+def page_through(admin: Admin, path: str, limit: int) -> list[list[Any]]:
+    """Every page of ``path`` at ``limit`` items a page, following ``next_cursor`` until it is null."""
+    pages: list[list[Any]] = []
+    cursor: str | None = None
+    while True:
+        response = admin.get(path, limit=limit, **({"cursor": cursor} if cursor else {}))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert len(body["items"]) <= limit
+        pages.append(body["items"])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return pages
+        assert len(pages) < 50, f"{path} never stops paging"
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_providers_page_through_every_item_once(admin: Admin, limit: int) -> None:
+    for i in range(4):
+        admin.send("POST", "/providers", {"id": f"extra-{i}", "type": "simulated"})
+    pages = page_through(admin, "/providers", limit)
+    seen = [p["id"] for items in pages for p in items]
+    assert seen == ["extra-0", "extra-1", "extra-2", "extra-3", "first"]  # each once, in id order
+    assert len(pages) == -(-5 // limit)
+    assert admin.get("/providers", limit=0).status_code == 400
+    assert admin.get("/providers", cursor="-1").status_code == 400
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_the_audit_log_pages_through_every_entry_once_newest_first(admin: Admin, limit: int) -> None:
+    for weight in range(5):
+        assert admin.send("PATCH", "/models/m1", {"weight": weight}).status_code == 200
+    pages = page_through(admin, "/audit", limit)
+    entries = [e for items in pages for e in items]
+    assert [e["detail"] for e in entries] == [{"weight": w} for w in (4, 3, 2, 1, 0)]
+    assert len({e["id"] for e in entries}) == 5
+    assert all(items for items in pages[:-1])  # only the last page may be empty
+    assert admin.get("/audit", cursor="garbage").status_code == 400
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_keys_page_through_every_key_once(admin: Admin, limit: int) -> None:
+    created = [admin.create_key(name=f"key-{i}")["id"] for i in range(5)]
+    admin.send("DELETE", f"/keys/{created[1]}")  # a revoked key is still listed
+    pages = page_through(admin, "/keys", limit)
+    seen = [k["id"] for items in pages for k in items]
+    assert seen == created  # each once, oldest first
+    assert len(pages) == -(-5 // limit)
+    assert all("key" not in k and "hash" not in k for items in pages for k in items)
+    assert admin.get("/keys", limit=201).status_code == 400
+
+
+def test_a_provider_key_given_through_the_api_is_stored_encrypted(admin: Admin) -> None:
+    literal = f"sk-plain-{uuid.uuid4().hex}"
+    created = admin.send(
+        "POST",
+        "/providers",
+        {"id": "keyed", "type": "openai", "base_url": "http://127.0.0.1:9", "api_key": literal},
+    )
+    assert created.status_code == 201, created.text
+    gateway = admin.gateway
+    with sqlite3.connect(gateway.db_path) as conn:
+        (stored,) = conn.execute("SELECT api_key_encrypted FROM providers WHERE id = 'keyed'").fetchone()
+    assert stored and literal not in stored
+    assert Secrets(SECRET).decrypt(stored) == literal  # the row holds the key, encrypted with the secret key
+    gateway.stop()  # every write has landed
+    files = [p for p in gateway.db_path.parent.iterdir() if p.name.startswith(gateway.db_path.name)]
+    contents = b"".join(p.read_bytes() for p in files)
+    assert gateway.db_path in files and b"keyed" in contents
+    for form in (literal, literal[len("sk-plain-") :]):
+        assert form.encode() not in contents, f"the key is in {[p.name for p in files]} in plain text"
+
+
+def test_a_subscriber_that_never_reads_is_dropped_while_requests_go_on(admin: Admin) -> None:
+    bus = admin.gateway.components.events
+    assert not bus.watched
+    # Small socket buffers both ways (accepted sockets take the listening socket's), so that a reader that
+    # stops reading holds the stream up after tens of kilobytes rather than megabytes.
+    admin.gateway.server._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    port = admin.gateway.server.port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as slow:
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window fills quickly
+        slow.settimeout(10)
+        slow.connect(("127.0.0.1", port))
+        request = f"GET /admin/v1/events HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {ADMIN}\r\n\r\n"
+        slow.sendall(request.encode())
+        received = b""
+        while b": connected" not in received:
+            chunk = slow.recv(4096)
+            assert chunk, f"the event stream closed: {received!r}"
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200") and bus.watched
+        # From here on the subscriber reads nothing. Every request still completes, and once its buffers
+        # are full the gateway drops it instead of waiting for it.
+        served = 0
+        with httpx.Client(base_url=admin.gateway.v1, timeout=20) as client:
+            while bus.watched:
+                response = client.post(
+                    "/chat/completions",
+                    json={"model": "m1", "messages": [{"role": "user", "content": "hello"}]},
+                    headers={"x-request-id": f"slow-subscriber-{served:06d}-" + "x" * 100},
+                )
+                assert response.status_code == 200, response.text
+                served += 1
+                assert served < 5_000, "the subscriber that never reads was never dropped"
+    assert served > 256  # it was dropped for falling behind, not before any event was queued
+    event = read_events(admin, "route_success", admin.chat)  # a new subscriber is served as before
+    assert event["model"] == "m1"

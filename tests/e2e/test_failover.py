@@ -177,16 +177,21 @@ def test_stream_dropped_mid_way_ends_with_an_error_event_and_is_logged_once(pair
     assert row["status"] == 502 and row["error_class"] == "transient" and row["stream"] == 1
 
 
-def test_mid_stream_error_event_has_no_event_line(pair: Any) -> None:
-    fake_a, _, gateway = pair
-    fake_a.push(Reply(chunks=text_chunks(["one", "two"]), drop_after=2))
+def streamed_body(gateway: Any) -> str:
+    """The raw SSE body of one streamed request for ``primary``."""
     with httpx.stream(
         "POST",
         f"{gateway.v1}/chat/completions",
         timeout=10,
         json={"model": "primary", "messages": MESSAGES, "stream": True},
     ) as response:
-        body = response.read().decode()
+        return response.read().decode()
+
+
+def test_mid_stream_error_event_has_no_event_line(pair: Any) -> None:
+    fake_a, _, gateway = pair
+    fake_a.push(Reply(chunks=text_chunks(["one", "two"]), drop_after=2))
+    body = streamed_body(gateway)
     events = [e for e in body.split("\n\n") if e]
     assert events[-1].startswith('data: {"error":{"message":')
     assert "event:" not in body and "[DONE]" not in body
@@ -199,13 +204,7 @@ def test_content_and_an_error_event_sent_together_reach_the_client_in_order(pair
     frames = [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in text_chunks(["one", "two"])[:3]]
     error = b'data: {"error": {"message": "engine overloaded", "code": 503}}\n\n'
     fake_a.push(Reply(chunks=[b"".join(frames) + error], done=False))
-    with httpx.stream(
-        "POST",
-        f"{gateway.v1}/chat/completions",
-        timeout=10,
-        json={"model": "primary", "messages": MESSAGES, "stream": True},
-    ) as response:
-        events = [orjson.loads(e.removeprefix("data: ")) for e in response.read().decode().split("\n\n") if e]
+    events = [orjson.loads(e.removeprefix("data: ")) for e in streamed_body(gateway).split("\n\n") if e]
     content = [e["choices"][0]["delta"].get("content") for e in events[:-1]]
     assert content == ["", "one", "two"]
     assert events[-1]["error"]["message"].endswith("engine overloaded")

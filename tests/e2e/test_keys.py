@@ -4,6 +4,7 @@ revocation and expiry taking effect on the next request; bad keys and bad admin 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -169,13 +170,31 @@ def test_auth_keys_requires_a_key_even_before_any_exists(
     assert_refused(admin.chat(), 401, "invalid_api_key")
 
 
-def test_auth_none_leaves_the_api_open_even_with_keys(
-    fake_openai: tuple[FakeOpenAI, str], start_gateway: Any
+def test_auth_none_leaves_the_api_open_even_with_keys_and_says_so_loudly(
+    fake_openai: tuple[FakeOpenAI, str], start_replica: Any, tmp_path: Path
 ) -> None:
     _, url = fake_openai
-    admin = Admin(start_gateway(CATALOG.format(url=url), admin_token=ADMIN, auth="none"))
-    admin.create_key()
-    assert admin.chat().status_code == 200
+    replica = start_replica(
+        CATALOG.format(url=url),
+        f"sqlite:///{tmp_path}/open.db",
+        TOKENHUB_AUTH="none",
+        TOKENHUB_ADMIN_TOKEN=ADMIN,
+    )
+    warning = next(line for line in replica.log.read_text().splitlines() if "auth_disabled" in line)
+    assert '"level":"warning"' in warning and "TOKENHUB_AUTH=none" in warning
+    created = httpx.post(
+        f"{replica.url}/admin/v1/keys",
+        json={"name": "k"},
+        headers={"authorization": f"Bearer {ADMIN}"},
+        timeout=10,
+    )
+    assert created.status_code == 201  # a key exists, and still no key is needed
+    answer = httpx.post(
+        f"{replica.url}/v1/chat/completions",
+        json={"model": "m1", "messages": [{"role": "user", "content": "hi"}]},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
 
 
 def test_repeated_failures_from_one_address_are_slowed_but_good_keys_still_work(admin: Admin) -> None:

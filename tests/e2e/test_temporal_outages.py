@@ -149,6 +149,16 @@ def test_a_separate_worker_process_serves_a_gateway_without_one(
         assert durable.status_code == 200 and durable.headers["x-tokenhub-dispatch"] == "temporal"
         assert fake.requests[-1]["temperature"] == 0.1  # the worker process made the upstream call
         assert response.status_code == 200
+        # SIGTERM while the worker is inside a call: it finishes the call before it stops.
+        fake.default = Reply(delay=1.5)
+        asked = len(fake.requests)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            draining = pool.submit(post, gateway, {**BODY, "temperature": 0.2})
+            wait_until(lambda: len(fake.requests) > asked, what="the slow call under way")
+            worker.send_signal(signal.SIGTERM)
+            drained = draining.result(timeout=60)
+        assert drained.status_code == 200 and drained.headers["x-tokenhub-dispatch"] == "temporal"
+        assert len(fake.requests) == asked + 1  # answered by the draining worker, not asked again
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.databases import BACKENDS, fresh_postgres_database
-from tokenhub.config import to_async_db_url
-from tokenhub.store import SQLStore
+from tests.databases import BACKENDS, open_store
 from tokenhub.store.spend import SpendStore
 
 
 @pytest.fixture(params=BACKENDS)
 async def spend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SpendStore]:
-    async with contextlib.AsyncExitStack() as stack:
-        if request.param == "sqlite":
-            url = f"sqlite:///{tmp_path}/tokenhub.db"
-        else:
-            url = await stack.enter_async_context(fresh_postgres_database())
-        store = SQLStore(to_async_db_url(url))
-        await store.start()
-        stack.push_async_callback(store.aclose)
+    async with open_store(request.param, tmp_path) as store:
         yield SpendStore(store)
 
 

@@ -7,7 +7,6 @@ the expected values below are worked out by hand with that definition.
 from __future__ import annotations
 
 import base64
-import contextlib
 import itertools
 import random
 import uuid
@@ -18,8 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.databases import BACKENDS, POSTGRES_URL, fresh_postgres_database
-from tokenhub.config import to_async_db_url
+from tests.databases import BACKENDS, POSTGRES_URL, open_store
 from tokenhub.store import RequestLog, SQLStore
 from tokenhub.store.stats import Aggregate, Stats, request_log_page, request_stats
 
@@ -65,19 +63,6 @@ def log(
         latency_ms=latency_ms,
         ttft_ms=ttft_ms,
     )
-
-
-@contextlib.asynccontextmanager
-async def open_store(backend: str, tmp_path: Path) -> AsyncIterator[SQLStore]:
-    async with contextlib.AsyncExitStack() as stack:
-        if backend == "sqlite":
-            url = f"sqlite:///{tmp_path}/{backend}-{uuid.uuid4().hex[:8]}.db"
-        else:
-            url = await stack.enter_async_context(fresh_postgres_database())
-        store = SQLStore(to_async_db_url(url))
-        await store.start()
-        stack.push_async_callback(store.aclose)
-        yield store
 
 
 @pytest.fixture(params=BACKENDS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -12,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.databases import BACKENDS, fresh_postgres_database
-from tokenhub.config import to_async_db_url
+from tests.databases import BACKENDS, open_store
 from tokenhub.store import RequestLog, RequestLogWriter, SQLStore
 
 
@@ -41,14 +39,7 @@ def row(n: int, *, request_id: str = "req", at: datetime | None = None) -> Reque
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SQLStore]:
-    async with contextlib.AsyncExitStack() as stack:
-        if request.param == "sqlite":
-            url = f"sqlite:///{tmp_path}/nested/dir/tokenhub.db"
-        else:
-            url = await stack.enter_async_context(fresh_postgres_database())
-        store = SQLStore(to_async_db_url(url))
-        await store.start()
-        stack.push_async_callback(store.aclose)
+    async with open_store(request.param, tmp_path) as store:
         yield store
 
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tokenhub.admin.common import AdminError, admin_json, int_param, page
+from tokenhub.admin.common import AdminError, admin_json, int_param, iso_time, page
 from tokenhub.config import Mode, ModelConfig, ProviderConfig
 from tokenhub.engine import ChatRequest, Engine, ModelNotFound, Policy
 from tokenhub.engine.live_catalog import LiveCatalog
@@ -246,7 +246,8 @@ class CatalogEndpoints:
         return config
 
     def _provider_json(self, row: ProviderRow) -> dict[str, Any]:
-        live = row.id in self._engine.registry.providers()
+        # Usable: requests can reach it now (enabled, and its client was built from a valid config).
+        live = row.enabled and row.id in self._engine.registry.providers()
         return {
             "id": row.id,
             "type": row.type,
@@ -256,7 +257,7 @@ class CatalogEndpoints:
             "options": row.options,
             "enabled": row.enabled,
             "usable": live,
-            "updated_at": row.updated_at.isoformat(),
+            "updated_at": iso_time(row.updated_at),
         }
 
     async def _upstream_models(self, row: ProviderRow) -> list[str]:
@@ -323,7 +324,7 @@ def _model_fields(row: ModelRow) -> dict[str, Any]:
 
 
 def _model_json(row: ModelRow) -> dict[str, Any]:
-    return {**_model_fields(row), "updated_at": row.updated_at.isoformat()}
+    return {**_model_fields(row), "updated_at": iso_time(row.updated_at)}
 
 
 def _paged(request: Request, items: list[dict[str, Any]]) -> Response:

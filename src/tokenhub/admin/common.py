@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -61,3 +62,12 @@ async def admin_error_handler(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, AdminError):
         raise exc
     return admin_error(exc.status, exc.message, exc.kind)
+
+
+def iso_time(moment: datetime | None) -> str | None:
+    """A time as ISO-8601 in UTC with a ``Z``. SQLite hands times back without their zone; they are UTC."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")

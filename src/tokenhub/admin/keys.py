@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from tokenhub.access import KeyRing
-from tokenhub.admin.common import AdminError, admin_json, int_param, page
+from tokenhub.admin.common import AdminError, admin_json, int_param, iso_time, page
 from tokenhub.engine import Engine
 from tokenhub.store import AuditStore
 from tokenhub.store.models import ApiKeyRow
@@ -156,11 +156,11 @@ class KeyEndpoints:
             **{f"budget_{name}": None if v is None else round(v, 6) for name, v in budget.items()},
             "rpm": key.rpm,
             "tpm": key.tpm,
-            "expires_at": _time(key.expires_at),
-            "created_at": _time(key.created_at),
-            "revoked_at": _time(key.revoked_at),
-            "last_used_at": _time(self._ring.last_used(key.id)),
-            "previous_valid_until": _time(key.previous_valid_until),
+            "expires_at": iso_time(key.expires_at),
+            "created_at": iso_time(key.created_at),
+            "revoked_at": iso_time(key.revoked_at),
+            "last_used_at": iso_time(self._ring.last_used(key.id)),
+            "previous_valid_until": iso_time(key.previous_valid_until),
         }
 
     async def _record(self, request: Request, action: str, target: str, detail: dict[str, Any]) -> None:
@@ -175,7 +175,3 @@ async def _fields(request: Request, model: type[Any], *, allow_empty: bool = Fal
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise AdminError(400, f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
-
-
-def _time(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat()

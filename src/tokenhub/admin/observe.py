@@ -11,7 +11,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
-from tokenhub.admin.common import AdminError, admin_json, choice_param, int_param, page
+from tokenhub.admin.common import AdminError, admin_json, choice_param, int_param, iso_time, page
 from tokenhub.engine import Engine
 from tokenhub.engine.live_catalog import LiveCatalog
 from tokenhub.store import AuditStore, SQLStore
@@ -82,7 +82,7 @@ class ObserveEndpoints:
                 f"bad parameter: {exc} (status is a number, since an ISO-8601 time, "
                 "cursor the next_cursor of a previous page)",
             ) from None
-        items = [{**row.as_row(), "created_at": row.created_at.isoformat()} for row in rows]
+        items = [{**row.as_row(), "created_at": iso_time(row.created_at)} for row in rows]
         return page(items, cursor)
 
     async def audit(self, request: Request) -> Response:
@@ -92,7 +92,7 @@ class ObserveEndpoints:
         items = [
             {
                 "id": e.id,
-                "at": e.at.isoformat(),
+                "at": iso_time(e.at),
                 "actor": e.actor,
                 "action": e.action,
                 "target": e.target,

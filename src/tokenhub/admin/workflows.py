@@ -33,7 +33,7 @@ from temporalio.api.workflow.v1 import PendingActivityInfo, WorkflowExecutionInf
 from temporalio.client import Client, WorkflowHistoryEventAsyncIterator, WorkflowHistoryEventFilterType
 from temporalio.service import RPCError, RPCStatusCode
 
-from tokenhub.admin.common import AdminError, admin_error, admin_json, choice_param, int_param, page
+from tokenhub.admin.common import AdminError, admin_error, admin_json, choice_param, int_param, iso_time, page
 from tokenhub.engine import TokenCount
 from tokenhub.store import RequestLog
 from tokenhub.temporal_integration.flag import TemporalFlag
@@ -312,8 +312,8 @@ def _summary(info: WorkflowExecutionInfo) -> dict[str, Any]:
         "run_id": info.execution.run_id,
         "type": info.type.name,
         "status": _status(info.status),
-        "start_time": _iso(start),
-        "close_time": _iso(close),
+        "start_time": iso_time(start),
+        "close_time": iso_time(close),
         "duration_ms": duration,
         "request_id": request_id_of(workflow_id),
     }
@@ -344,10 +344,6 @@ def _enum_name(enum: Any, value: int, prefix: str) -> str:
 
 def _time(ts: Timestamp) -> datetime:
     return ts.ToDatetime(tzinfo=UTC)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return None if moment is None else moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # -- describe ---------------------------------------------------------------------------------------------
@@ -469,7 +465,7 @@ def _readable(events: Sequence[HistoryEvent]) -> list[dict[str, Any]]:
         item: dict[str, Any] = {
             "event_id": event.event_id,
             "event_type": _event_type(event.event_type),
-            "timestamp": _iso(_time(event.event_time)) if event.HasField("event_time") else None,
+            "timestamp": iso_time(_time(event.event_time)) if event.HasField("event_time") else None,
         }
         which = event.WhichOneof("attributes")
         attrs: Any = getattr(event, which) if which is not None else None

@@ -63,7 +63,7 @@ class NoEligibleModel(EngineError):
     def __init__(self, reasons: dict[str, IneligibleReason], retry_after: float | None = None) -> None:
         kinds = sorted(set(reasons.values()))
         detail = ", ".join(f"{model}: {why}" for model, why in sorted(reasons.items()))
-        super().__init__(f"No model can take this request ({detail or 'no models configured'}).")
+        super().__init__(f"No model can take this request ({detail or 'none is configured and enabled'}).")
         self.reasons = reasons
         self.kinds = kinds
         self.retry_after = retry_after
