@@ -58,6 +58,21 @@ def test_server_errors_fail_over_to_the_next_model(pair: Any) -> None:
     assert row["model"] == "backup" and row["attempts"] == 4 and row["status"] == 200
 
 
+def test_a_rejection_moves_to_the_next_model_at_once(pair: Any) -> None:
+    """A 4xx that is not about size (here a 403 from a provider that will not serve this key) is not
+    retried on the same model, but another model may still answer."""
+    fake_a, fake_b, gateway = pair
+    fake_a.push(
+        Reply(status=403, body=error_body("this key may not use the model", type_="permission_error"))
+    )
+    raw = client_for(gateway).chat.completions.with_raw_response.create(model="auto", messages=MESSAGES)
+    assert raw.parse().model == "backup" and raw.headers["x-tokenhub-reason"] == "failover-after-fatal"
+    assert len(fake_a.requests) == 1 and len(fake_b.requests) == 1
+    gateway.stop()
+    (row,) = gateway.request_logs()
+    assert row["model"] == "backup" and row["attempts"] == 2 and row["status"] == 200
+
+
 def test_connection_refused_fails_over(make_fake_openai: Any, start_gateway: Any) -> None:
     fake_b, url_b = make_fake_openai()
     gateway = start_gateway(CATALOG.format(a=closed_port_url(), b=url_b))
