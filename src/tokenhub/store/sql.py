@@ -81,7 +81,8 @@ class SQLStore:
         async with self._engine.begin() as conn:
             if self._is_sqlite:
                 batch = orjson.dumps([[_sqlite_value(getattr(row, c)) for c in _LOG_COLUMNS] for row in rows])
-                await conn.exec_driver_sql(_SQLITE_INSERT_LOGS, (batch,))
+                # As text: SQLite 3.45+ reads a BLOB given to its JSON functions as its binary JSONB.
+                await conn.exec_driver_sql(_SQLITE_INSERT_LOGS, (batch.decode(),))
             else:
                 values = [tuple(getattr(row, c) for c in _LOG_COLUMNS) for row in rows]
                 await conn.exec_driver_sql(_POSTGRES_INSERT_LOG, values)
