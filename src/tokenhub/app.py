@@ -219,7 +219,14 @@ def build_app(settings: Settings, catalog: Catalog) -> Starlette:
         catalog=CatalogEndpoints(
             parts.catalog, parts.engine, parts.audit, default_mode=settings.default_mode
         ),
-        observe=ObserveEndpoints(parts.engine, parts.catalog, parts.store, parts.audit, parts.events),
+        observe=ObserveEndpoints(
+            parts.engine,
+            parts.catalog,
+            parts.store,
+            parts.audit,
+            parts.events,
+            keepalive_s=settings.admin_events_keepalive_ms / 1000,
+        ),
         keys=KeyEndpoints(parts.keys, parts.spend, parts.engine, parts.audit),
     )
     access = Middleware(AccessControl, ring=parts.keys, limiter=parts.limiter, mode=settings.auth or "auto")

@@ -259,6 +259,24 @@ def read_events(admin: Admin, wanted: str, trigger: Any, match: Any = None) -> d
     return found
 
 
+def test_an_idle_event_stream_carries_keep_alive_comments(
+    fake_openai: tuple[FakeOpenAI, str], start_gateway: Any
+) -> None:
+    _, url = fake_openai
+    gateway = start_gateway(CATALOG.format(url=url), admin_token=ADMIN, admin_events_keepalive_ms=100)
+    lines: list[str] = []
+    with httpx.stream("GET", f"{gateway.url}/admin/v1/events", headers=AUTH, timeout=10) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            lines.append(line)
+            if sum(line.startswith(": ping") for line in lines) == 3:
+                break
+    assert lines[0] == ": connected"
+    assert not [
+        line for line in lines if line and not line.startswith(":")
+    ]  # nothing happened: comments only
+
+
 def test_the_event_stream_delivers_request_events(admin: Admin) -> None:
     event = read_events(admin, "route_success", admin.chat)
     assert event["model"] == "m1" and event["status"] == 200 and event["type"] == "route_success"

@@ -32,7 +32,7 @@ class ObserveEndpoints:
         audit: AuditStore,
         events: EventBus,
         *,
-        keepalive_s: float = 15.0,
+        keepalive_s: float,
     ) -> None:
         self._engine = engine
         self._catalog = catalog

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(default=None, min_length=16)
     # Show prompt and answer text in GET /admin/v1/workflows/{id}; off by default (summaries only).
     admin_show_content: bool = False
+    # Keep-alive comments on GET /admin/v1/events, for proxies that close idle connections sooner.
+    admin_events_keepalive_ms: int = Field(default=15_000, ge=100, le=300_000)
 
     # Temporal. The flag's start value only: PUT /admin/v1/temporal changes it, and the change persists.
     temporal_enabled: bool = False
