@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
+import sys
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,7 @@ from tests.admin_client import ADMIN, Admin
 from tests.conftest import start_on, wait_until
 from tests.databases import BACKENDS, fresh_postgres_database
 from tests.fakes.openai_upstream import FakeOpenAI, Reply, completion, text_chunks
+from tests.temporal_server import DevServer
 
 PRICE_IN, PRICE_OUT = 1.0, 2.0  # USD per 1,000 tokens, as in CATALOG
 CATALOG = """
@@ -200,3 +206,58 @@ def test_a_budget_that_runs_out_mid_orchestration_stops_it_and_logs_what_was_spe
         lambda: admin.get(f"/keys/{created['id']}").json()["spend_usd"] == pytest.approx(2 * COST),
         what="the spent calls logged",
     )
+
+
+def test_a_separate_worker_charges_a_key_made_a_moment_ago_and_refuses_past_its_budget(
+    fake_openai: tuple[FakeOpenAI, str], start_gateway: Any, temporal_server: DevServer, tmp_path: Path
+) -> None:
+    """The worker process makes the upstream call, so it reserves the budget. Its key ring polls the store
+    once a minute here: the key it is asked to charge is newer than its last look."""
+    fake, url = fake_openai
+    fake.default = Reply(body=completion("ok", usage=USAGE))
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(CATALOG.replace("URL", url))
+    queue = f"tq-{uuid.uuid4().hex}"
+    db_url = f"sqlite:///{tmp_path}/shared.db"
+    env = {
+        **os.environ,
+        "TOKENHUB_DB_URL": db_url,
+        "TOKENHUB_TEMPORAL_HOST": temporal_server.host,
+        "TOKENHUB_TEMPORAL_TASK_QUEUE": queue,
+        "TOKENHUB_CATALOG_POLL_MS": "60000",
+    }
+    with (tmp_path / "worker.log").open("w") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "tokenhub", "worker", "--config", str(catalog)],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+    try:
+        gateway = start_gateway(
+            CATALOG.replace("URL", url),
+            admin_token=ADMIN,
+            db_url=db_url,
+            temporal_enabled=True,
+            temporal_host=temporal_server.host,
+            temporal_task_queue=queue,
+            temporal_worker=False,
+        )
+        admin = Admin(gateway)
+        wait_until(lambda: gateway.components.manager.connected, what="Temporal up")
+        worker_log = tmp_path / "worker.log"
+        wait_until(lambda: "tokenhub_worker_started" in worker_log.read_text(), what="the worker up")
+        created = admin.create_key(budget_usd=COST * 1.5)  # after the worker loaded its keys
+        key = bearer(created["key"])
+        first = chat(gateway.url, key)
+        assert first.status_code == 200 and first.headers["x-tokenhub-dispatch"] == "temporal"
+        refused = chat(gateway.url, key)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+        assert refused.headers["x-tokenhub-dispatch"] == "temporal"  # refused by the worker, not a fallback
+        assert len(fake.requests) == 1
+        shown = admin.get(f"/keys/{created['id']}").json()
+        assert shown["budget_spent_usd"] == pytest.approx(COST) and shown["budget_reserved_usd"] == 0
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    assert worker.returncode == 0, (tmp_path / "worker.log").read_text()

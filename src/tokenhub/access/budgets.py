@@ -18,6 +18,11 @@ class KeyBudgets:
 
     async def reserve(self, account: str, amount_usd: float) -> Reservation | None:
         key = self._ring.get(account)
+        if key is None:
+            # Accepted by another process (a gateway, for this worker) before this one's ring caught up: a
+            # key made a moment ago must not spend unbudgeted until the next poll.
+            await self._ring.reload()
+            key = self._ring.get(account)
         if key is None or key.budget_usd is None:
             return None
         period = period_of(key.budget_period)
