@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from tokenhub.access.keyring import KeyRing
 from tokenhub.engine import QuotaExceeded, Reservation
-from tokenhub.store.models import RequestLog
+from tokenhub.store.models import ApiKeyRow, RequestLog
 from tokenhub.store.ratelimit import RateLimiter
 from tokenhub.store.spend import SpendStore, period_of
 
@@ -17,12 +17,7 @@ class KeyBudgets:
         self._spend = spend
 
     async def reserve(self, account: str, amount_usd: float) -> Reservation | None:
-        key = self._ring.get(account)
-        if key is None:
-            # Accepted by another process (a gateway, for this worker) before this one's ring caught up: a
-            # key made a moment ago must not spend unbudgeted until the next poll.
-            await self._ring.reload()
-            key = self._ring.get(account)
+        key = await current_key(self._ring, account)
         if key is None or key.budget_usd is None:
             return None
         period = period_of(key.budget_period)
@@ -42,6 +37,17 @@ class TokenMeter:
         self._limiter = limiter
 
     async def __call__(self, row: RequestLog) -> None:
-        key = self._ring.get(row.api_key_id or "")
+        key = await current_key(self._ring, row.api_key_id) if row.api_key_id else None
         if key is not None and key.tpm:
             await self._limiter.add(f"tpm:{key.id}", key.tpm, row.input_tokens + row.output_tokens)
+
+
+async def current_key(ring: KeyRing, key_id: str) -> ApiKeyRow | None:
+    """The key, looked up in the store if this process has not seen it yet: another process (a gateway, for
+    this worker) accepted it before this one's last poll, and a key made a moment ago must not go
+    unmetered until the next."""
+    key = ring.get(key_id)
+    if key is None:
+        await ring.reload()
+        key = ring.get(key_id)
+    return key
