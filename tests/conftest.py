@@ -163,6 +163,57 @@ def _assert_no_fallback(gateway: Gateway) -> None:
 
 
 @dataclass
+class Worker:
+    """A ``tokenhub worker`` process, its output in ``log``."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def started(self) -> bool:
+        return "tokenhub_worker_started" in self.log.read_text()
+
+    def stop(self) -> int:
+        """SIGTERM (a graceful drain), then its exit status, waited for at most 30 s."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(30)
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path, temporal_server: DevServer) -> Iterator[Any]:
+    """``start_worker(catalog_yaml, queue, db_url, **env) -> Worker``: a ``tokenhub worker`` on the session's
+    Temporal dev server and task queue ``queue``, stopped by its PID afterwards."""
+    started: list[Worker] = []
+
+    def start(catalog_yaml: str, queue: str, db_url: str, **env: str) -> Worker:
+        index = len(started)
+        config = tmp_path / f"worker-{index}.yaml"
+        config.write_text(catalog_yaml)
+        environment = {
+            **os.environ,
+            "TOKENHUB_TEMPORAL_HOST": temporal_server.host,
+            "TOKENHUB_TEMPORAL_TASK_QUEUE": queue,
+            "TOKENHUB_DB_URL": db_url,
+            **env,
+        }
+        log = tmp_path / f"worker-{index}.log"
+        command = [sys.executable, "-m", "tokenhub", "worker", "--config", str(config)]
+        with log.open("w") as out:
+            worker = Worker(subprocess.Popen(command, env=environment, stdout=out, stderr=out), log)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        try:
+            worker.stop()
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            worker.process.wait(5)
+
+
+@dataclass
 class Replica:
     """A ``tokenhub serve`` process: one of several gateways sharing a database."""
 

@@ -32,15 +32,29 @@ async def fresh_postgres_database() -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def open_store(backend: str, tmp_path: Path) -> AsyncIterator[SQLStore]:
-    """A started store on ``backend`` ("sqlite": a new file under ``tmp_path``; "postgresql": a fresh
-    database), closed (and the database dropped) afterwards."""
-    async with contextlib.AsyncExitStack() as stack:
-        if backend == "sqlite":
-            url = f"sqlite:///{tmp_path}/nested/{backend}-{uuid.uuid4().hex[:8]}.db"
-        else:
-            url = await stack.enter_async_context(fresh_postgres_database())
-        store = SQLStore(to_async_db_url(url))
+async def database_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A database URL on ``backend``: a new SQLite file under ``tmp_path`` (in a directory the store must
+    create), or a fresh PostgreSQL database dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path}/nested/{uuid.uuid4().hex[:8]}.db"
+    else:
+        async with fresh_postgres_database() as url:
+            yield url
+
+
+@contextlib.asynccontextmanager
+async def started_store(url: str) -> AsyncIterator[SQLStore]:
+    """A store on ``url``, started (the schema brought up to date), closed afterwards."""
+    store = SQLStore(to_async_db_url(url))
+    try:
         await store.start()
-        stack.push_async_callback(store.aclose)
+        yield store
+    finally:
+        await store.aclose()
+
+
+@contextlib.asynccontextmanager
+async def open_store(backend: str, tmp_path: Path) -> AsyncIterator[SQLStore]:
+    """A started store on a new database on ``backend`` (see ``database_url``)."""
+    async with database_url(backend, tmp_path) as url, started_store(url) as store:
         yield store

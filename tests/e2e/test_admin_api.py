@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -310,45 +305,12 @@ def test_the_event_stream_reports_the_breaker_opening_when_temporal_dies(
         server.stop()
 
 
-@pytest.fixture
-def worker_process(tmp_path: Path, temporal_server: DevServer) -> Iterator[Any]:
-    """``start(catalog_text, queue, db_url)``: a ``tokenhub worker`` process, stopped by PID afterwards."""
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def start(catalog: str, queue: str, db_url: str) -> subprocess.Popen[bytes]:
-        config = tmp_path / "worker.yaml"
-        config.write_text(catalog)
-        env = {
-            **os.environ,
-            "TOKENHUB_TEMPORAL_HOST": temporal_server.host,
-            "TOKENHUB_TEMPORAL_TASK_QUEUE": queue,
-            "TOKENHUB_DB_URL": db_url,
-            "TOKENHUB_SECRET_KEY": SECRET,
-            "TOKENHUB_CATALOG_POLL_MS": "100",
-        }
-        with (tmp_path / "worker.log").open("w") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "tokenhub", "worker", "--config", str(config)],
-                env=env,
-                stdout=log,
-                stderr=log,
-            )
-        processes.append(process)
-        return process
-
-    yield start
-    for process in processes:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(30)
-
-
 def test_a_separate_worker_serves_a_provider_added_through_the_api_and_its_events_reach_the_stream(
     fake_openai: tuple[FakeOpenAI, str],
     make_fake_openai: Any,
     start_gateway: Any,
     temporal_server: DevServer,
-    worker_process: Any,
+    start_worker: Any,
     tmp_path: Path,
 ) -> None:
     _, url = fake_openai
@@ -367,7 +329,7 @@ def test_a_separate_worker_serves_a_provider_added_through_the_api_and_its_event
         temporal_pickup_timeout_ms=20_000,
     )
     admin = Admin(gateway)
-    worker_process(catalog, queue, db_url)
+    start_worker(catalog, queue, db_url, TOKENHUB_SECRET_KEY=SECRET, TOKENHUB_CATALOG_POLL_MS="100")
     wait_until(
         lambda: admin.chat().headers["x-tokenhub-dispatch"] == "temporal",
         timeout=60,

@@ -4,13 +4,7 @@ through one gateway or two sharing the database — never spend past the budget;
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +14,7 @@ import pytest
 
 from tests.admin_client import ADMIN, Admin
 from tests.conftest import start_on, wait_until
-from tests.databases import BACKENDS, fresh_postgres_database
+from tests.databases import BACKENDS, database_url
 from tests.fakes.openai_upstream import FakeOpenAI, Reply, completion, text_chunks
 from tests.temporal_server import DevServer
 
@@ -45,15 +39,6 @@ ASK: dict[str, Any] = {
 }
 
 
-@contextlib.asynccontextmanager
-async def shared_database(backend: str, tmp_path: Path) -> AsyncIterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path}/shared.db"
-    else:
-        async with fresh_postgres_database() as url:
-            yield url
-
-
 def bearer(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
 
@@ -65,7 +50,7 @@ async def test_fifty_concurrent_requests_through_two_replicas_never_spend_past_t
     fake, url = fake_openai
     # Slow answers: every concurrent request is in flight before any settles.
     fake.default = Reply(body=completion("ok", usage=USAGE), delay=0.3)
-    async with shared_database(backend, tmp_path) as db_url:
+    async with database_url(backend, tmp_path) as db_url:
         replicas = [
             start_replica(CATALOG.replace("URL", url), db_url, TOKENHUB_ADMIN_TOKEN=ADMIN) for _ in range(2)
         ]
@@ -209,55 +194,38 @@ def test_a_budget_that_runs_out_mid_orchestration_stops_it_and_logs_what_was_spe
 
 
 def test_a_separate_worker_charges_a_key_made_a_moment_ago_and_refuses_past_its_budget(
-    fake_openai: tuple[FakeOpenAI, str], start_gateway: Any, temporal_server: DevServer, tmp_path: Path
+    fake_openai: tuple[FakeOpenAI, str],
+    start_gateway: Any,
+    start_worker: Any,
+    temporal_server: DevServer,
+    tmp_path: Path,
 ) -> None:
     """The worker process makes the upstream call, so it reserves the budget. Its key ring polls the store
     once a minute here: the key it is asked to charge is newer than its last look."""
     fake, url = fake_openai
     fake.default = Reply(body=completion("ok", usage=USAGE))
-    catalog = tmp_path / "catalog.yaml"
-    catalog.write_text(CATALOG.replace("URL", url))
-    queue = f"tq-{uuid.uuid4().hex}"
-    db_url = f"sqlite:///{tmp_path}/shared.db"
-    env = {
-        **os.environ,
-        "TOKENHUB_DB_URL": db_url,
-        "TOKENHUB_TEMPORAL_HOST": temporal_server.host,
-        "TOKENHUB_TEMPORAL_TASK_QUEUE": queue,
-        "TOKENHUB_CATALOG_POLL_MS": "60000",
-    }
-    with (tmp_path / "worker.log").open("w") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "tokenhub", "worker", "--config", str(catalog)],
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
-    try:
-        gateway = start_gateway(
-            CATALOG.replace("URL", url),
-            admin_token=ADMIN,
-            db_url=db_url,
-            temporal_enabled=True,
-            temporal_host=temporal_server.host,
-            temporal_task_queue=queue,
-            temporal_worker=False,
-        )
-        admin = Admin(gateway)
-        wait_until(lambda: gateway.components.manager.connected, what="Temporal up")
-        worker_log = tmp_path / "worker.log"
-        wait_until(lambda: "tokenhub_worker_started" in worker_log.read_text(), what="the worker up")
-        created = admin.create_key(budget_usd=COST * 1.5)  # after the worker loaded its keys
-        key = bearer(created["key"])
-        first = chat(gateway.url, key)
-        assert first.status_code == 200 and first.headers["x-tokenhub-dispatch"] == "temporal"
-        refused = chat(gateway.url, key)
-        assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
-        assert refused.headers["x-tokenhub-dispatch"] == "temporal"  # refused by the worker, not a fallback
-        assert len(fake.requests) == 1
-        shown = admin.get(f"/keys/{created['id']}").json()
-        assert shown["budget_spent_usd"] == pytest.approx(COST) and shown["budget_reserved_usd"] == 0
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(30)
-    assert worker.returncode == 0, (tmp_path / "worker.log").read_text()
+    queue, db_url = f"tq-{uuid.uuid4().hex}", f"sqlite:///{tmp_path}/shared.db"
+    worker = start_worker(CATALOG.replace("URL", url), queue, db_url, TOKENHUB_CATALOG_POLL_MS="60000")
+    gateway = start_gateway(
+        CATALOG.replace("URL", url),
+        admin_token=ADMIN,
+        db_url=db_url,
+        temporal_enabled=True,
+        temporal_host=temporal_server.host,
+        temporal_task_queue=queue,
+        temporal_worker=False,
+    )
+    admin = Admin(gateway)
+    wait_until(lambda: gateway.components.manager.connected, what="Temporal up")
+    wait_until(lambda: worker.started, what="the worker up")
+    created = admin.create_key(budget_usd=COST * 1.5)  # after the worker loaded its keys
+    key = bearer(created["key"])
+    first = chat(gateway.url, key)
+    assert first.status_code == 200 and first.headers["x-tokenhub-dispatch"] == "temporal"
+    refused = chat(gateway.url, key)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+    assert refused.headers["x-tokenhub-dispatch"] == "temporal"  # refused by the worker, not a fallback
+    assert len(fake.requests) == 1
+    shown = admin.get(f"/keys/{created['id']}").json()
+    assert shown["budget_spent_usd"] == pytest.approx(COST) and shown["budget_reserved_usd"] == 0
+    assert worker.stop() == 0, worker.log.read_text()

@@ -4,7 +4,6 @@ shared, on SQLite each process keeps its own."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 
 from tests.admin_client import ADMIN, Admin
 from tests.conftest import Replica, wait_until
-from tests.databases import BACKENDS, fresh_postgres_database
+from tests.databases import BACKENDS, database_url
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.temporal_server import free_port
 
@@ -27,15 +26,6 @@ models:
 SEEN_WITHIN_S = 5.0
 
 
-@contextlib.asynccontextmanager
-async def shared_database(backend: str, tmp_path: Path) -> AsyncIterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path}/shared.db"
-    else:
-        async with fresh_postgres_database() as url:
-            yield url
-
-
 @pytest.fixture(params=BACKENDS)
 async def replicas(
     request: pytest.FixtureRequest, fake_openai: tuple[FakeOpenAI, str], start_replica: Any, tmp_path: Path
@@ -43,7 +33,7 @@ async def replicas(
     _, url = fake_openai
     # Temporal is nowhere to be found: the flag can still be flipped, and requests fall back to the engine.
     closed = f"127.0.0.1:{free_port()}"
-    async with shared_database(request.param, tmp_path) as db_url:
+    async with database_url(request.param, tmp_path) as db_url:
         started: list[Replica] = [
             start_replica(
                 CATALOG.replace("URL", url), db_url, TOKENHUB_ADMIN_TOKEN=ADMIN, TOKENHUB_TEMPORAL_HOST=closed

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -112,29 +109,16 @@ def test_temporal_killed_with_requests_in_flight(
 
 
 def test_a_separate_worker_process_serves_a_gateway_without_one(
-    fake_openai: tuple[FakeOpenAI, str], start_gateway: Any, temporal_server: DevServer, tmp_path: Path
+    fake_openai: tuple[FakeOpenAI, str],
+    start_gateway: Any,
+    start_worker: Any,
+    temporal_server: DevServer,
+    tmp_path: Path,
 ) -> None:
     fake, url = fake_openai
-    catalog = tmp_path / "worker-catalog.yaml"
-    catalog.write_text(CATALOG.format(url=url))
-    settings = settings_for(
-        temporal_server.host, temporal_worker=False, db_url=f"sqlite:///{tmp_path}/shared.db"
-    )
-    env = {
-        **os.environ,
-        **{
-            f"TOKENHUB_{k.upper()}": str(v).lower() if isinstance(v, bool) else str(v)
-            for k, v in settings.items()
-            if k != "temporal_worker"
-        },
-    }
-    with (tmp_path / "worker.log").open("w") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "tokenhub", "worker", "--config", str(catalog)],
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
+    db_url = f"sqlite:///{tmp_path}/shared.db"
+    settings = settings_for(temporal_server.host, temporal_worker=False, db_url=db_url)
+    worker = start_worker(CATALOG.format(url=url), settings["temporal_task_queue"], db_url)
     try:
         gateway = start_gateway(CATALOG.format(url=url), **settings)
         wait_until(lambda: gateway.components.manager.connected, what="Temporal up")
@@ -155,14 +139,13 @@ def test_a_separate_worker_process_serves_a_gateway_without_one(
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             draining = pool.submit(post, gateway, {**BODY, "temperature": 0.2})
             wait_until(lambda: len(fake.requests) > asked, what="the slow call under way")
-            worker.send_signal(signal.SIGTERM)
+            worker.process.send_signal(signal.SIGTERM)
             drained = draining.result(timeout=60)
         assert drained.status_code == 200 and drained.headers["x-tokenhub-dispatch"] == "temporal"
         assert len(fake.requests) == asked + 1  # answered by the draining worker, not asked again
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(30)
-    assert worker.returncode == 0, (tmp_path / "worker.log").read_text()
+        code = worker.stop()
+    assert code == 0, worker.log.read_text()
     gateway.stop()
     rows = gateway.request_logs()
     assert durable.headers["x-request-id"] in {r["request_id"] for r in rows if r["path"] == "temporal"}

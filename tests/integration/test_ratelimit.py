@@ -6,7 +6,6 @@ Every test drives an injected clock; nothing sleeps and nothing depends on the r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,8 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from tests.databases import BACKENDS, POSTGRES_URL, fresh_postgres_database
-from tokenhub.config import to_async_db_url
+from tests.databases import BACKENDS, POSTGRES_URL, database_url, open_store, started_store
 from tokenhub.store import SQLStore
 from tokenhub.store.ratelimit import (
     PRUNE_EVERY,
@@ -40,25 +38,6 @@ class Clock:
         return self.now
 
 
-@contextlib.asynccontextmanager
-async def database_url(backend: str, tmp_path: Path) -> AsyncIterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp_path}/tokenhub.db"
-    else:
-        async with fresh_postgres_database() as url:
-            yield url
-
-
-@contextlib.asynccontextmanager
-async def started_store(url: str) -> AsyncIterator[SQLStore]:
-    store = SQLStore(to_async_db_url(url))
-    try:
-        await store.start()
-        yield store
-    finally:
-        await store.aclose()
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock(START)
@@ -66,7 +45,7 @@ def clock() -> Clock:
 
 @pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SQLStore]:
-    async with database_url(request.param, tmp_path) as url, started_store(url) as store:
+    async with open_store(request.param, tmp_path) as store:
         yield store
 
 
@@ -76,7 +55,7 @@ async def limiter(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) 
         yield MemoryRateLimiter(clock)
         return
     backend = request.param.removeprefix("sql-")
-    async with database_url(backend, tmp_path) as url, started_store(url) as store:
+    async with open_store(backend, tmp_path) as store:
         yield SQLRateLimiter(store, clock)
 
 
