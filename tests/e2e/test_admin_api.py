@@ -329,7 +329,7 @@ def test_a_separate_worker_serves_a_provider_added_through_the_api_and_its_event
         temporal_pickup_timeout_ms=20_000,
     )
     admin = Admin(gateway)
-    start_worker(catalog, queue, db_url, TOKENHUB_SECRET_KEY=SECRET, TOKENHUB_CATALOG_POLL_MS="100")
+    worker = start_worker(catalog, queue, db_url, TOKENHUB_SECRET_KEY=SECRET, TOKENHUB_CATALOG_POLL_MS="100")
     wait_until(
         lambda: admin.chat().headers["x-tokenhub-dispatch"] == "temporal",
         timeout=60,
@@ -353,6 +353,9 @@ def test_a_separate_worker_serves_a_provider_added_through_the_api_and_its_event
     wait_until(lambda: admin.chat("m2").status_code == 404, timeout=30, what="m2 retired everywhere")
     served = admin.chat()
     assert served.headers["x-tokenhub-dispatch"] == "temporal" and served.headers["x-tokenhub-model"] == "m1"
+    # The worker used the key for every call to "second" and logged each of them: never the key itself.
+    assert worker.stop() == 0
+    assert "second" in worker.log.read_text() and "sk-only-in-the-store" not in worker.log.read_text()
 
 
 def test_the_provider_list_shows_every_provider_without_secrets(admin: Admin) -> None:
