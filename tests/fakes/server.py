@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Literal
 
 import uvicorn
@@ -21,7 +22,14 @@ STOP_TIMEOUT_S = 15.0
 
 
 class ServerThread:
-    def __init__(self, app: ASGIApp, *, lifespan: Literal["on", "off"] = "on") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        lifespan: Literal["on", "off"] = "on",
+        ssl_certfile: Path | None = None,
+        ssl_keyfile: Path | None = None,
+    ) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
@@ -35,6 +43,8 @@ class ServerThread:
             loop="uvloop",
             http="httptools",
             timeout_graceful_shutdown=5,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

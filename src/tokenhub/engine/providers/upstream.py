@@ -1,8 +1,9 @@
-"""The one seam through which providers speak HTTP: a pooled aiohttp session per provider.
+"""The one seam through which providers speak HTTP: a pool of keep-alive connections per provider.
 
-aiohttp is a measured choice for the request hot path (``shared/reference/load-testing.md``: 1,200 req/s
-through a minimal proxy at concurrency 64, against 92 for httpx's native transport). Everything about
-transport errors, timeouts and closing connections lives here, so adapters only see ``UpstreamError``.
+The upstream client is a measured choice for the request hot path. ``shared/reference/load-testing.md``:
+1,200 req/s through a minimal aiohttp proxy at concurrency 64, 92 through httpx's native transport; our own
+``http1`` pool then halved aiohttp's CPU per request. Everything about transport errors, timeouts and closing
+connections lives here, so adapters only see ``UpstreamError``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
-import aiohttp
 import orjson
 
+from tokenhub import __version__
 from tokenhub.engine.errors import ErrorClass, UpstreamError
+from tokenhub.engine.providers import http1
 
 # One SSE event bigger than this is treated as a broken upstream, not buffered forever.
 MAX_EVENT_BYTES = 16 * 1024 * 1024
+MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024
 # Events passed on together at most: a burst is written to the client in one go, but not so large a one
 # that its first token waits for the rest to be parsed.
@@ -35,15 +38,18 @@ class SSEEvent:
 class UpstreamResponse:
     """A response whose status is 2xx; read it whole or as server-sent events."""
 
-    def __init__(self, response: aiohttp.ClientResponse, provider_id: str) -> None:
-        self._response = response
+    def __init__(self, connection: http1.Connection, provider_id: str) -> None:
+        self._connection = connection
         self._provider_id = provider_id
-        self.status = response.status
-        self.headers: Mapping[str, str] = response.headers
+        self.status = connection.status
+        self.headers: Mapping[str, str] = connection.headers
 
     async def read(self) -> bytes:
         with _mapped_errors(self._provider_id):
-            return await self._response.read()
+            body = await self._connection.read(MAX_BODY_BYTES + 1)
+        if len(body) > MAX_BODY_BYTES:
+            raise UpstreamError("transient", "upstream sent an oversized body", provider_id=self._provider_id)
+        return body
 
     async def events(self) -> AsyncIterator[list[SSEEvent]]:
         """Parse the body as server-sent events, in batches: the events each read completed, up to
@@ -54,7 +60,7 @@ class UpstreamResponse:
         event = ""
         data: list[str] = []
         with _mapped_errors(self._provider_id):
-            async for piece in self._response.content.iter_any():
+            async for piece in self._connection.chunks():
                 buffer += piece
                 if len(buffer) > MAX_EVENT_BYTES:
                     raise UpstreamError(
@@ -85,7 +91,8 @@ class UpstreamResponse:
 class UpstreamClient:
     """One long-lived connection pool to one upstream base URL.
 
-    Build it at start-up; ``start()`` opens the pool inside the running loop, ``aclose()`` drains it.
+    Build it at start-up (the request head's fixed part is encoded then); ``start()`` opens the pool
+    inside the running loop, ``aclose()`` closes its connections.
     """
 
     def __init__(
@@ -99,73 +106,71 @@ class UpstreamClient:
     ) -> None:
         self.provider_id = provider_id
         self.base_url = base_url.rstrip("/")
-        self._headers = {"content-type": "application/json", **headers}
+        self._origin = http1.Origin.parse(self.base_url)
+        fixed = {
+            "host": self._origin.host_header,
+            "user-agent": f"tokenhub/{__version__}",
+            "content-type": "application/json",
+            **headers,
+        }
+        if any("\r" in f"{k}{v}" or "\n" in f"{k}{v}" for k, v in fixed.items()):
+            raise ValueError(f"provider {provider_id}: a header name or value contains a line break")
+        self._fixed_headers = "".join(f"{k}: {v}\r\n" for k, v in fixed.items()).encode("latin-1")
+        self._heads: dict[str, bytes] = {}
         self._max_connections = max_connections
         self._connect_timeout = connect_timeout
-        self._session: aiohttp.ClientSession | None = None
+        self._pool: http1.ConnectionPool | None = None
 
     async def start(self) -> None:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections,
-                limit_per_host=self._max_connections,
-                ttl_dns_cache=300,
-                keepalive_timeout=30,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                headers=self._headers,
-                auto_decompress=True,
-                json_serialize=_no_json,
-                raise_for_status=False,
+        if self._pool is None:
+            self._pool = http1.ConnectionPool(
+                self._origin, max_connections=self._max_connections, connect_timeout=self._connect_timeout
             )
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     @asynccontextmanager
     async def post(
-        self,
-        path: str,
-        body: bytes,
-        *,
-        read_timeout: float,
-        total_timeout: float | None,
-        headers: Mapping[str, str] | None = None,
+        self, path: str, body: bytes, *, read_timeout: float, total_timeout: float | None
     ) -> AsyncIterator[UpstreamResponse]:
         """POST ``body`` and yield the response once it is 2xx.
 
         A non-2xx status raises ``UpstreamError`` classified by ``classify_status``; the body of the
-        error is read (bounded) for its message. Leaving the block early — an exception, a
-        cancellation — closes the connection, so the upstream stops generating at once.
+        error is read (bounded) for its message. ``read_timeout`` bounds each wait for bytes (and for a
+        free connection), ``total_timeout`` the whole exchange. Leaving the block early — an exception,
+        a cancellation — closes the connection, so the upstream stops generating at once.
         """
-        if self._session is None:
+        pool = self._pool
+        if pool is None:
             raise UpstreamError("transient", "provider client is not started", provider_id=self.provider_id)
-        timeout = aiohttp.ClientTimeout(
-            total=total_timeout, sock_connect=self._connect_timeout, sock_read=read_timeout
-        )
-        response: aiohttp.ClientResponse | None = None
-        completed = False
+        head = self._heads.get(path) or self._head(path)
+        payload = b"%scontent-length: %d\r\n\r\n%s" % (head, len(body), body)
+        with _mapped_errors(self.provider_id):
+            connection = await pool.acquire(read_timeout)
         try:
             with _mapped_errors(self.provider_id):
-                response = await self._session.post(
-                    f"{self.base_url}{path}", data=body, headers=headers, timeout=timeout
-                )
-                if response.status >= 300:
-                    raw = await response.content.read(MAX_ERROR_BODY_BYTES)
+                connection.send(payload, read_timeout=read_timeout, total_timeout=total_timeout)
+                await connection.head()
+                if connection.status >= 300:
+                    raw = await connection.read(MAX_ERROR_BODY_BYTES)
                     raise classify_status(
-                        response.status, raw, response.headers, provider_id=self.provider_id
+                        connection.status,
+                        raw[:MAX_ERROR_BODY_BYTES],
+                        connection.headers,
+                        provider_id=self.provider_id,
                     )
-            yield UpstreamResponse(response, self.provider_id)
-            completed = True
+            yield UpstreamResponse(connection, self.provider_id)
         finally:
-            if response is not None:
-                if completed and response.content.at_eof():
-                    response.release()
-                else:
-                    response.close()
+            pool.release(connection)
+
+    def _head(self, path: str) -> bytes:
+        target = f"{self._origin.path_prefix}{path}"
+        head = b"POST %s HTTP/1.1\r\n%s" % (target.encode("latin-1"), self._fixed_headers)
+        self._heads[path] = head
+        return head
 
 
 def classify_status(
@@ -245,25 +250,22 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
 
 @contextmanager
 def _mapped_errors(provider_id: str) -> Iterator[None]:
-    """The one place aiohttp's exceptions become ``UpstreamError``; timeouts first, being the most
-    specific."""
+    """The one place transport failures become ``UpstreamError``."""
     try:
         yield
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise UpstreamError("timeout", "upstream did not answer in time", provider_id=provider_id) from exc
-    except aiohttp.ClientConnectorError as exc:
+    except http1.Timeout as exc:
         raise UpstreamError(
-            "transient", f"cannot connect to upstream: {exc.os_error}", provider_id=provider_id
-        ) from exc
-    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
+            "timeout", f"upstream did not answer in time: {exc}", provider_id=provider_id
+        ) from None
+    except http1.ConnectFailed as exc:
+        raise UpstreamError(
+            "transient", f"cannot connect to upstream: {exc}", provider_id=provider_id
+        ) from None
+    except http1.Disconnected:
         raise UpstreamError(
             "transient", "upstream closed the connection mid-response", provider_id=provider_id
-        ) from exc
-    except aiohttp.ClientError as exc:
+        ) from None
+    except http1.HTTPError as exc:
         raise UpstreamError(
             "transient", f"upstream connection error: {exc}", provider_id=provider_id
-        ) from exc
-
-
-def _no_json(_: object) -> str:
-    raise TypeError("bodies are serialised with orjson by the adapters")
+        ) from None
