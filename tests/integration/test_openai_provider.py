@@ -12,7 +12,7 @@ import pytest
 from tests.fakes.openai_upstream import FakeOpenAI, Reply, text_chunks
 from tokenhub.engine.providers.base import Chunk, Target
 from tokenhub.engine.providers.openai_compat import OpenAICompatProvider
-from tokenhub.engine.providers.upstream import MAX_BATCH_EVENTS, UpstreamClient
+from tokenhub.engine.providers.upstream import FIRST_BATCH_EVENTS, MAX_BATCH_EVENTS, UpstreamClient
 from tokenhub.engine.types import ChatRequest
 
 TARGET = Target(model_id="m", upstream_model="upstream-m")
@@ -54,6 +54,7 @@ async def test_a_burst_comes_out_in_order_in_bounded_batches(
     fake.push(Reply(chunks=[b"".join(frame(c) for c in text_chunks(WORDS))]))  # one write: 42 events
     received = await batches(provider)
     assert words(received) == ["", *WORDS, None]
+    assert 1 <= len(received[0]) <= FIRST_BATCH_EVENTS
     assert all(1 <= len(batch) <= MAX_BATCH_EVENTS for batch in received)
 
 

@@ -24,9 +24,10 @@ from tokenhub.engine.providers import http1
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 MAX_BODY_BYTES = 64 * 1024 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024
-# Events passed on together at most: a burst is written to the client in one go, but not so large a one
-# that its first token waits for the rest to be parsed.
-MAX_BATCH_EVENTS = 8
+# Events passed on together at most: a burst is written to the client in few writes, but its first
+# tokens do not wait for the rest of it to be parsed.
+FIRST_BATCH_EVENTS = 8
+MAX_BATCH_EVENTS = 64
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,14 @@ class UpstreamResponse:
 
     async def events(self) -> AsyncIterator[list[SSEEvent]]:
         """Parse the body as server-sent events, in batches: the events each read completed, up to
-        ``MAX_BATCH_EVENTS``. Passing a burst on as one batch lets the gateway write it to the client in
-        one go (one socket write per event was over half of its CPU on bursty streams). Comments and
-        ``id:``/``retry:`` lines are dropped."""
+        ``FIRST_BATCH_EVENTS`` in the first batch and ``MAX_BATCH_EVENTS`` in later ones. Passing a burst
+        on in few batches lets the gateway write it to the client in few writes (one socket write per
+        event was over half of its CPU on bursty streams). Comments and ``id:``/``retry:`` lines are
+        dropped."""
         buffer = b""
         event = ""
         data: list[str] = []
+        cap = FIRST_BATCH_EVENTS
         with _mapped_errors(self._provider_id):
             async for piece in self._connection.chunks():
                 buffer += piece
@@ -74,9 +77,9 @@ class UpstreamResponse:
                     if not line:
                         if data:
                             batch.append(SSEEvent(event or "message", "\n".join(data)))
-                            if len(batch) == MAX_BATCH_EVENTS:  # the first tokens of a burst go out first
+                            if len(batch) == cap:  # the first tokens of a burst go out first
                                 yield batch
-                                batch = []
+                                batch, cap = [], MAX_BATCH_EVENTS
                         event, data = "", []
                     elif line.startswith("data:"):
                         data.append(line[5:].removeprefix(" "))
