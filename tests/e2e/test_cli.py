@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.fakes.openai_upstream import FakeOpenAI, Reply, error_body, text_chunks
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "src" / "tokenhub" / "demo.yaml"
@@ -44,10 +47,13 @@ def finish(process: subprocess.Popen[str], cwd: Path) -> tuple[int, str]:
     return code, (cwd / "tokenhub.log").read_text()
 
 
-@pytest.fixture
-def served_demo(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+@contextlib.contextmanager
+def serving(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """``tokenhub serve ARGS`` on a free port, once /healthz answers; killed by its handle if still up."""
     port = free_port()
-    process = run_tokenhub("serve", "--port", str(port), "--config", str(DEMO), cwd=tmp_path)
+    process = run_tokenhub("serve", "--port", str(port), *args, cwd=tmp_path, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
@@ -65,6 +71,12 @@ def served_demo(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+@pytest.fixture
+def served_demo(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    with serving(tmp_path, "--config", str(DEMO)) as served:
+        yield served
 
 
 def test_serve_answers_with_the_demo_catalogue_and_stops_cleanly(
@@ -88,6 +100,44 @@ def test_serve_answers_with_the_demo_catalogue_and_stops_cleanly(
         assert conn.execute("SELECT model, status FROM request_logs").fetchall() == [("demo-mini", 200)]
     assert '"event":"request"' in logs  # the canonical line per request, in JSON
     assert "hello" not in logs  # prompt text is not logged
+
+
+def test_no_provider_key_in_the_gateways_log_answers_or_database_even_when_the_upstream_echoes_it(
+    fake_openai: tuple[FakeOpenAI, str], tmp_path: Path
+) -> None:
+    fake, base_url = fake_openai
+    key = "sk-cli-secret-0123456789abcdef"
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(
+        f"providers:\n  - {{id: up, type: openai, base_url: '{base_url}', api_key_env: UP_KEY}}\n"
+        "models:\n  - {id: m, provider_id: up}\n"
+    )
+    # As some upstreams do: the refusal quotes the key it refused.
+    fake.push(Reply(status=401, body=error_body(f"Incorrect API key provided: {key}.", type_="auth")))
+    fake.push(Reply(chunks=text_chunks(["fine"])))
+    answers: list[str] = []
+    env = {"UP_KEY": key, "TOKENHUB_LOG_LEVEL": "debug", "TOKENHUB_AUTH": "none"}
+    with serving(tmp_path, "--config", str(catalog), env=env) as (url, process):
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        refused = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=20)
+        assert refused.status_code == 502  # our credentials are not the client's to fix
+        assert "Incorrect API key provided: [redacted]." in refused.json()["error"]["message"]
+        answers.append(refused.text)
+        with httpx.stream(
+            "POST", f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=20
+        ) as streamed:
+            answers.append(streamed.read().decode())
+        assert "fine" in answers[-1]
+        process.send_signal(signal.SIGTERM)
+        code, logs = finish(process, tmp_path)
+    assert code == 0
+    assert [h["authorization"] for h in fake.headers] == [f"Bearer {key}"] * 2  # the key was used
+    assert "Incorrect API key provided: [redacted]." in logs  # the refusal was logged, with debug lines
+    assert "DEBUG" in logs
+    assert key not in logs
+    assert not any(key in answer for answer in answers)
+    for path in (tmp_path / "data").iterdir():  # the SQLite file and whatever WAL is left
+        assert key.encode() not in path.read_bytes(), path.name
 
 
 def test_a_bad_config_file_stops_start_up_with_one_clear_message(tmp_path: Path) -> None:

@@ -37,6 +37,7 @@ def build_provider(config: ProviderConfig, api_key: str | None, *, connect_timeo
         headers=headers,
         max_connections=options.max_connections,
         connect_timeout=connect_timeout,
+        secret=api_key,
     )
     if config.type == "anthropic":
         return AnthropicProvider(config.id, client, default_max_tokens=options.default_max_tokens)

@@ -106,8 +106,12 @@ class UpstreamClient:
         headers: Mapping[str, str],
         max_connections: int,
         connect_timeout: float,
+        secret: str | None = None,
     ) -> None:
+        """``secret``, the provider's API key, is cut out of error bodies: an upstream that echoes the key
+        it refused would otherwise put it in the client's error, the request log and the process log."""
         self.provider_id = provider_id
+        self._secret = secret.encode() if secret and len(secret) >= 4 else None
         self.base_url = base_url.rstrip("/")
         self._origin = http1.Origin.parse(self.base_url)
         fixed = {
@@ -158,10 +162,12 @@ class UpstreamClient:
                 connection.send(payload, read_timeout=read_timeout, total_timeout=total_timeout)
                 await connection.head()
                 if connection.status >= 300:
-                    raw = await connection.read(MAX_ERROR_BODY_BYTES)
+                    raw = (await connection.read(MAX_ERROR_BODY_BYTES))[:MAX_ERROR_BODY_BYTES]
+                    if self._secret is not None:
+                        raw = raw.replace(self._secret, b"[redacted]")
                     raise classify_status(
                         connection.status,
-                        raw[:MAX_ERROR_BODY_BYTES],
+                        raw,
                         connection.headers,
                         provider_id=self.provider_id,
                     )
