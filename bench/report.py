@@ -8,6 +8,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,7 +119,8 @@ def render(report: dict[str, Any]) -> str:
     machine, results = report["machine"], report["results"]
     parts = [
         f"TokenHub bench ({machine['mode']}) {machine['date']} — {machine['cpu_count']} CPUs, "
-        f"{machine['cpu_model']}, Python {machine['python']}, git {machine['git']}",
+        f"{machine['cpu_model']}, Python {machine['python']}, git {machine['git']}, "
+        f"speed check {machine.get('speed_check_ms', '?')} ms",
         "Latencies in ms (added = gateway - direct, same percentile, alternating blocks in one run); "
         "CPU in seconds per 1,000 requests.",
         "",
@@ -147,9 +149,23 @@ def machine_info(quick: bool, root: Path) -> dict[str, Any]:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "mode": "quick" if quick else "full",
         "load_average_at_start": os.getloadavg(),
+        "speed_check_ms": speed_check_ms(),
         "git": _git_revision(root),
         "argv": sys.argv,
     }
+
+
+def speed_check_ms() -> float:
+    """A fixed piece of pure-Python work, timed (best of three). This VM's speed drifts by a factor of two
+    between hours, the direct side's figures with it: compare runs' absolute figures against this."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
 
 
 def _cpu_model() -> str:
