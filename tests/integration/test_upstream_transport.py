@@ -114,7 +114,11 @@ async def test_keep_alive_reuses_one_connection_and_sends_one_well_formed_reques
     head, _, body = server.requests[0].partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     assert lines[0] == b"POST /base/v1/chat/completions HTTP/1.1"
-    assert {b"authorization: Bearer k", b"content-type: application/json"} <= set(lines)
+    assert {
+        b"authorization: Bearer k",
+        b"content-type: application/json",
+        b"accept-encoding: identity",
+    } <= set(lines)
     assert f"content-length: {len(BODY)}".encode() in lines
     assert body == BODY
 

@@ -118,6 +118,8 @@ class UpstreamClient:
             "host": self._origin.host_header,
             "user-agent": f"tokenhub/{__version__}",
             "content-type": "application/json",
+            # Said outright: without it a server may pick any coding, brotli included.
+            "accept-encoding": "identity",
             **headers,
         }
         if any("\r" in f"{k}{v}" or "\n" in f"{k}{v}" for k, v in fixed.items()):
