@@ -109,6 +109,13 @@ def test_base_url_keeps_a_path_prefix_before_v1(tmp_path: Path) -> None:
     assert load_catalog(path, {}).providers[0].base_url == "http://proxy:8080/openai"
 
 
+@pytest.mark.parametrize("base_url", ["http://h:99999", "http://h:port/v1", "https://:8080"])
+def test_a_base_url_without_a_usable_host_and_port_is_refused(tmp_path: Path, base_url: str) -> None:
+    path = write_catalog(tmp_path, f"providers:\n  - id: up\n    type: openai\n    base_url: '{base_url}'\n")
+
+    assert_operator_message(load_error(path), "providers[0]", "base_url", "http:// or https:// URL with a")
+
+
 def test_upstream_model_is_left_unset_in_the_file_and_defaults_to_the_id_in_the_registry(
     tmp_path: Path,
 ) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -80,6 +81,13 @@ class ProviderConfig(_Strict):
             return None
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must be an http:// or https:// URL")
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises on a port that is not one
+        except ValueError:
+            raise ValueError("must be an http:// or https:// URL with a valid port") from None
+        if not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
         value = value.rstrip("/")
         scheme_and_host = value.split("/", 3)
         has_path = len(scheme_and_host) == 4

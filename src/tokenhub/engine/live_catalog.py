@@ -17,7 +17,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import structlog
-from pydantic import ValidationError
 
 from tokenhub.config import Catalog, ModelConfig, ProviderConfig
 from tokenhub.engine.providers import Provider, build_provider
@@ -163,7 +162,10 @@ class LiveCatalog:
             return build_provider(
                 self.provider_config(row), self.api_key(row), connect_timeout=self._connect_timeout
             )
-        except (ValidationError, SecretsUnavailable) as exc:
+        except (
+            ValueError,
+            SecretsUnavailable,
+        ) as exc:  # ValueError: also pydantic's, and a key with a line break
             # One broken entry must not stop the others from serving: it is left out, loudly.
             log.error("provider_unusable", provider=row.id, error=str(exc))
             return None
