@@ -223,7 +223,7 @@ class Connection(asyncio.Protocol):
         now = self._loop.time()
         if self._paused:
             self._last_read = now
-        elif now - self._last_read >= self._read_timeout:
+        elif now - self._last_read >= self._read_timeout - 0.001:  # the loop's clock counts in ms
             self._fail(Timeout(f"nothing received for {self._read_timeout:g} s"))
             return
         self._timers.append(self._loop.call_at(self._last_read + self._read_timeout, self._check_read))
