@@ -42,8 +42,6 @@ class UpstreamResponse:
     def __init__(self, connection: http1.Connection, provider_id: str) -> None:
         self._connection = connection
         self._provider_id = provider_id
-        self.status = connection.status
-        self.headers: Mapping[str, str] = connection.headers
 
     async def read(self) -> bytes:
         with _mapped_errors(self._provider_id):
@@ -112,8 +110,7 @@ class UpstreamClient:
         it refused would otherwise put it in the client's error, the request log and the process log."""
         self.provider_id = provider_id
         self._secret = secret.encode() if secret and len(secret) >= 4 else None
-        self.base_url = base_url.rstrip("/")
-        self._origin = http1.Origin.parse(self.base_url)
+        self._origin = http1.Origin.parse(base_url.rstrip("/"))
         fixed = {
             "host": self._origin.host_header,
             "user-agent": f"tokenhub/{__version__}",
