@@ -5,6 +5,7 @@ aiohttp on uvloop, because the client decides what can be seen: httpx's async po
 at concurrency 64 on this machine, aiohttp at ~3,000 (shared/reference/load-testing.md).
 
     {"url": ..., "concurrency": C, "requests": N, "stream": bool, "headers": {...}, "body": {...}}
+    {..., "rate": R}  the same, starting requests no faster than R a second
     {"open_streams": N, "url": ..., "headers": {...}, "body": {...}}
 """
 
@@ -138,11 +139,18 @@ class LoadGen:
             if session is None:
                 session = self._sessions[url] = _new_session(0)
             remaining = int(command["requests"])
+            rate = float(command.get("rate") or 0)
+            issued = 0
 
             async def worker() -> None:
-                nonlocal remaining
+                nonlocal remaining, issued
                 while remaining > 0:
                     remaining -= 1
+                    if rate:  # the i-th request starts at i / rate seconds, or later
+                        issued += 1
+                        delay = started + (issued - 1) / rate - time.perf_counter()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
                     await block.request(session, url, payload, headers)
 
             await asyncio.gather(*(worker() for _ in range(min(int(command["concurrency"]), remaining))))

@@ -101,8 +101,13 @@ def _rows(result: dict[str, Any]) -> list[list[str]]:
             f"{direct['errors']}/{gateway['errors']}",
         ]
     ]
+    paced = result.get("paced_direct")
+    if paced is not None:
+        pl = paced["latency_ms"]
+        pace = ["  └ direct, gw's pace", str(paced["requests"]), _pair(pl["p50"], pl["p99"]), "", ""]
+        rows.append([*pace, f"{fmt(paced['throughput_rps'], 0)}", *[""] * (len(COLUMNS) - 6)])
     if result["ttft_added_ms"] is not None:
-        dt, gt, ta = direct["ttft_ms"], gateway["ttft_ms"], result["ttft_added_ms"]
+        dt, gt, ta = (paced or direct)["ttft_ms"], gateway["ttft_ms"], result["ttft_added_ms"]
         ttft = ["  └ TTFT", "", _pair(dt["p50"], dt["p99"]), _pair(gt["p50"], gt["p99"])]
         rows.append([*ttft, _pair(ta["p50"], ta["p95"], ta["p99"]), *[""] * (len(COLUMNS) - 5)])
     return rows

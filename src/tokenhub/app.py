@@ -28,7 +28,14 @@ from tokenhub.admin import (
 from tokenhub.config import Catalog, Settings
 from tokenhub.engine import Engine, HealthTracker, Limits, Registry, ResultRecorder
 from tokenhub.engine.live_catalog import LiveCatalog
-from tokenhub.gateway import RequestMiddleware, exception_handlers, gateway_routes, status_of
+from tokenhub.gateway import (
+    PostRoutes,
+    RequestMiddleware,
+    exception_handlers,
+    gateway_routes,
+    post_endpoints,
+    status_of,
+)
 from tokenhub.gateway.auth import AccessControl
 from tokenhub.store import AuditStore, CatalogStore, EventRelayStore, RequestLogWriter, Secrets, SQLStore
 from tokenhub.store.keys import KeyStore
@@ -232,7 +239,11 @@ def build_app(settings: Settings, catalog: Catalog) -> Starlette:
     access = Middleware(AccessControl, ring=parts.keys, limiter=parts.limiter, mode=settings.auth or "auto")
     app = Starlette(
         routes=[*routes, admin],
-        middleware=[Middleware(RequestMiddleware, metrics=parts.metrics), access],
+        middleware=[
+            Middleware(RequestMiddleware, metrics=parts.metrics),
+            access,
+            Middleware(PostRoutes, endpoints=post_endpoints(routes)),
+        ],
         exception_handlers={**exception_handlers, AdminError: admin_error_handler},
         lifespan=lifespan,
     )

@@ -39,6 +39,8 @@ class Directives:
 
     def apply(self, policy: Policy) -> Policy:
         """``policy`` with every value the directives set replaced."""
+        if self is NO_DIRECTIVES:
+            return policy
         return replace(
             policy,
             mode=self.mode or policy.mode,
@@ -46,6 +48,9 @@ class Directives:
             max_latency_ms=policy.max_latency_ms if self.max_latency_ms is None else self.max_latency_ms,
             min_weight=policy.min_weight if self.min_weight is None else self.min_weight,
         )
+
+
+NO_DIRECTIVES = Directives()
 
 
 def parse_mode(value: str, *, param: str) -> Mode:
@@ -83,7 +88,7 @@ def extract_directives(request: ChatRequest) -> tuple[ChatRequest, Directives]:
 
 class _Found:
     def __init__(self) -> None:
-        self.value = Directives()
+        self.value = NO_DIRECTIVES
 
     def strip(self, text: str, param: str) -> str:
         """Remove directives from ``text``, folding their values into ``value``."""

@@ -110,6 +110,15 @@ class HealthTracker:
         entry = self._entries.get(provider_id)
         return 0.0 if entry is None else max(0.0, entry.cooldown_until - self._clock())
 
+    def latency_ms(self, provider_id: str) -> float | None:
+        """The provider's moving-average latency of non-streaming calls, None before the first."""
+        entry = self._entries.get(provider_id)
+        return None if entry is None else entry.latency_ms
+
+    def error_rate(self, provider_id: str) -> float:
+        entry = self._entries.get(provider_id)
+        return 0.0 if entry is None else entry.error_rate
+
     def snapshot(self, provider_id: str) -> ProviderHealth:
         entry = self._entries.get(provider_id) or _Entry()
         return ProviderHealth(

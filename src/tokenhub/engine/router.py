@@ -223,6 +223,8 @@ class Engine:
         """``route_and_send``, then the answer in the form the client asked for (``OutputInvalid`` if it
         cannot take it: the call was still made, and the error says what it cost)."""
         routed = await self.route_and_send(request, policy)
+        if shaping.empty:
+            return routed
         try:
             return replace(routed, completion=shape_completion(routed.completion, shaping))
         except OutputInvalid as exc:

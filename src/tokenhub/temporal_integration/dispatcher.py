@@ -123,6 +123,9 @@ class TemporalDispatcher:
     async def chat(
         self, request: ChatRequest, policy: Policy, ctx: CallContext, shaping: Shaping = NO_SHAPING
     ) -> Routed:
+        client = self._durable_client(ctx)
+        if client is None:
+            return await self._direct.chat(request, policy, ctx, shaping)
         deadline = self._engine.request_deadline(policy)
         arg = ChatInput(
             request_id=ctx.request_id,
@@ -134,7 +137,7 @@ class TemporalDispatcher:
             timeout_s=deadline,
             shaping=shaping,
         )
-        output = await self._durably(ctx, _Job(CHAT_WORKFLOW, "chat", arg, ChatOutput, deadline))
+        output = await self._durably(client, ctx, _Job(CHAT_WORKFLOW, "chat", arg, ChatOutput, deadline))
         if output is None:
             return await self._direct.chat(request, policy, ctx, shaping)
         charge(output.upstream_ms / 1000)
@@ -152,6 +155,9 @@ class TemporalDispatcher:
         shaping: Shaping = NO_SHAPING,
         policy: Policy = NO_POLICY,
     ) -> OrchestrationResult:
+        client = self._durable_client(ctx)
+        if client is None:
+            return await self._direct.plan(request, directive, ctx, shaping, policy)
         # An orchestration makes several calls in turn: each gets the per-call bound, the whole several.
         call_s = self._engine.request_deadline(policy)
         arg = OrchestrationInput(
@@ -167,7 +173,7 @@ class TemporalDispatcher:
         )
         bound = call_s * (2 * max(directive.iterations, 1) + 2)
         output = await self._durably(
-            ctx, _Job(ORCHESTRATION_WORKFLOW, "plan", arg, OrchestrationOutput, bound)
+            client, ctx, _Job(ORCHESTRATION_WORKFLOW, "plan", arg, OrchestrationOutput, bound)
         )
         if output is None:
             return await self._direct.plan(request, directive, ctx, shaping, policy)
@@ -178,13 +184,22 @@ class TemporalDispatcher:
             raise RuntimeError("workflow returned neither an answer nor an error")
         return output.result
 
-    async def _durably(self, ctx: CallContext, job: _Job[OutputT]) -> OutputT | None:
-        """Run ``job`` as a workflow; None when the request should run directly instead (flag off, or a
-        Temporal fault, counted and fed to the breaker)."""
+    def _durable_client(self, ctx: CallContext) -> Client | None:
+        """The Temporal client for this request; None when it runs directly (the flag is off, or Temporal is
+        not connected: a fallback). Asked before a workflow's input is built, which direct calls skip."""
         client = self._manager.client
-        if not self._flag.enabled or client is None or not self._breaker.allow():
+        if not self._flag.enabled or client is None:
             if self._flag.enabled:
-                self._fell_back(ctx, "not_connected" if client is None else "breaker_open")
+                self._fell_back(ctx, "not_connected")
+            self._metrics.dispatched("direct")
+            return None
+        return client
+
+    async def _durably(self, client: Client, ctx: CallContext, job: _Job[OutputT]) -> OutputT | None:
+        """Run ``job`` as a workflow; None when the request should run directly instead (the breaker is
+        open, or a Temporal fault, counted and fed to the breaker)."""
+        if not self._breaker.allow():
+            self._fell_back(ctx, "breaker_open")
             self._metrics.dispatched("direct")
             return None
         try:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -53,7 +53,7 @@ class CallContext:
     """Who is asking and when. ``log_id`` is the request log's key, fixed once per request."""
 
     request_id: str
-    log_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    log_id: str = field(default_factory=lambda: secrets.token_hex(16))
     received_at: float = field(default_factory=time.time)
     api_key_id: str | None = None
     idempotency_key: str | None = None

@@ -1,0 +1,70 @@
+"""Streams in full flow take turns, so that no turn of the event loop runs long.
+
+Every step of a request that has just arrived (its task starting, the upstream's head waking it, its first
+write) waits for the loop's next turn, and a turn runs everything ready. A stream whose upstream sent a
+burst is always ready: with 64 of them, one turn ran 64 batches of up to 64 events, and a new stream's
+woken head waited ~10 ms in the queue behind them (measured on the bench machine at concurrency 64).
+
+So after each batch a stream waits here, and each turn lets through only as many waiting streams as keep it
+near ``turn_s``: fewer when turns run long, more (up to all) while they are short. Everything else ready in
+a turn — new requests, non-streaming ones, socket reads — runs as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+# Measured at concurrency 64 on the bench machine (a new stream's time to its first byte inside the gateway
+# / CPU per 200-token stream): letting every stream through each turn, 13 ms / 1.38 ms; turns near 0.3 ms,
+# 1.1 ms / 1.61 ms; near 1 ms, 2.3 ms / 1.51 ms.
+TURN_S = 0.0005
+
+
+class StreamTurns:
+    def __init__(
+        self, turn_s: float = TURN_S, most: int = 64, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        self._turn_s = turn_s
+        self._most = most
+        self._clock = clock
+        self._per_turn = most
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduled = False
+        self._last = 0.0
+
+    async def take(self) -> None:
+        """Wait for this stream's next turn."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._waiting.append(future)
+        if not self._scheduled:
+            self._scheduled = True
+            self._last = self._clock()
+            loop.call_soon(self._release)
+        await future
+
+    def _release(self) -> None:
+        """Once a turn while streams wait: let some through, sized by how long the last turn took."""
+        now = self._clock()
+        took, self._last = now - self._last, now
+        if took > self._turn_s:
+            self._per_turn = max(1, self._per_turn // 2)
+        elif self._per_turn < self._most:
+            self._per_turn += 1
+        released = 0
+        waiting = self._waiting
+        while waiting and released < self._per_turn:
+            future = waiting.popleft()
+            if not future.done():  # a stream cancelled while it waited
+                future.set_result(None)
+                released += 1
+        if waiting and self._loop is not None:
+            self._loop.call_soon(self._release)
+        else:
+            self._scheduled = False
