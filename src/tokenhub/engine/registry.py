@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from tokenhub.engine.providers.base import Provider, Target
 
@@ -20,7 +21,7 @@ class ModelSpec:
     created: int
     enabled: bool = True
 
-    @property
+    @cached_property
     def target(self) -> Target:
         return Target(model_id=self.id, upstream_model=self.upstream_model)
 

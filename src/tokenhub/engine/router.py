@@ -179,8 +179,10 @@ class Engine:
                 reasons[model.id] = why
         ranked = scores(eligible, policy, estimate, self.health)
         # Stable sorts: avoided models go last, then a named model first; the order within groups stays.
-        ranked.sort(key=lambda pair: pair[0].id in avoid)
-        ranked.sort(key=lambda pair: pair[0] is not named)
+        if avoid:
+            ranked.sort(key=lambda pair: pair[0].id in avoid)
+        if named is not None:
+            ranked.sort(key=lambda pair: pair[0] is not named)
         return Simulation(ranked=ranked, ineligible=reasons, estimate=estimate)
 
     async def route_and_send(

@@ -17,10 +17,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-# Measured at concurrency 64 on the bench machine (a new stream's time to its first byte inside the gateway
-# / CPU per 200-token stream): letting every stream through each turn, 13 ms / 1.38 ms; turns near 0.3 ms,
-# 1.1 ms / 1.61 ms; near 1 ms, 2.3 ms / 1.51 ms.
-TURN_S = 0.0005
+# Measured at concurrency 64 on the bench machine, 200-token streams (a new stream's time from entering the
+# gateway to its first byte / gateway CPU per stream): every stream through each turn, 13 ms / 1.38 ms;
+# turns near 1 ms, 2.3 ms / 1.51 ms; near 0.3 ms, 1.1 ms / 1.61 ms.
+TURN_S = 0.0003
 
 
 class StreamTurns:
@@ -38,9 +38,10 @@ class StreamTurns:
 
     async def take(self) -> None:
         """Wait for this stream's next turn."""
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a first use, or a new loop (tests): nothing of an old one carries over
+            self._loop, self._scheduled = loop, False
+            self._waiting.clear()
         future = loop.create_future()
         self._waiting.append(future)
         if not self._scheduled:

@@ -4,8 +4,8 @@ Temporal workflow's LogResultActivity uses — once per request, however it ende
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable
+from types import TracebackType
 from typing import Protocol
 
 from tokenhub.engine import (
@@ -81,19 +81,9 @@ class DirectDispatcher:
             )
         return result
 
-    @contextlib.asynccontextmanager
-    async def _recorded(self, origin: Origin) -> AsyncIterator[None]:
+    def _recorded(self, origin: Origin) -> _Recorded:
         """Record a request that fails or is cancelled inside the block (success records itself)."""
-        try:
-            yield
-        except EngineError as exc:
-            await self._recorder.log_result(
-                error_row(origin, exc, path="direct", status=self._status_of(exc))
-            )
-            raise
-        except asyncio.CancelledError:
-            await self._recorder.log_result(closed_row(origin, path="direct"))
-            raise
+        return _Recorded(self._recorder, self._status_of, origin)
 
     async def open_stream(self, request: ChatRequest, policy: Policy, ctx: CallContext) -> RecordedStream:
         ctx.report.took("direct")
@@ -134,6 +124,32 @@ class DirectDispatcher:
             error_class=error_class,
             error_message=message,
         )
+
+
+class _Recorded:
+    """``DirectDispatcher._recorded``'s block, as a class: a generator-based context manager cost the hot
+    path a few microseconds more."""
+
+    __slots__ = ("_origin", "_recorder", "_status_of")
+
+    def __init__(
+        self, recorder: ResultRecorder, status_of: Callable[[EngineError], int], origin: Origin
+    ) -> None:
+        self._recorder = recorder
+        self._status_of = status_of
+        self._origin = origin
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(exc, EngineError):
+            row = error_row(self._origin, exc, path="direct", status=self._status_of(exc))
+            await self._recorder.log_result(row)
+        elif isinstance(exc, asyncio.CancelledError):
+            await self._recorder.log_result(closed_row(self._origin, path="direct"))
 
 
 class StreamRecorder(Protocol):
