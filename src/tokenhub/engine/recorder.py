@@ -3,14 +3,13 @@ canonical log line. Every path (direct, Temporal, streaming) ends here exactly o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 import structlog
 
 from tokenhub.store import RequestLog, RequestLogWriter
 from tokenhub.telemetry import EventBus, Metrics
-
-log = structlog.get_logger("tokenhub.request")
 
 
 class ResultRecorder:
@@ -27,6 +26,11 @@ class ResultRecorder:
         self._metrics = metrics
         self._events = events
         self._meter = meter
+        # Resolved once (logging is configured before anything is built), and asked once which lines it
+        # writes: the canonical line's fields are not even gathered when nothing would read them.
+        self._log = structlog.get_logger("tokenhub.request").bind()
+        self._log_successes = self._log.is_enabled_for(logging.INFO)
+        self._log_failures = self._log.is_enabled_for(logging.WARNING)
 
     async def log_result(self, row: RequestLog) -> None:
         await self._writer.write(row)
@@ -45,6 +49,10 @@ class ResultRecorder:
             output_tokens=row.output_tokens,
             cost_usd=row.cost_usd,
         )
+        ok = row.status < 400
+        announce = self._events.watched
+        if not (announce or (self._log_successes if ok else self._log_failures)):
+            return
         fields = {
             "request_id": row.request_id,
             "model": row.model,
@@ -62,8 +70,9 @@ class ResultRecorder:
             "ttft_ms": None if row.ttft_ms is None else round(row.ttft_ms, 2),
             "error_class": row.error_class,
         }
-        self._events.publish("route_success" if row.status < 400 else "route_error", fields)
-        if row.status < 400:
-            log.info("request", **fields)
+        if announce:
+            self._events.publish("route_success" if ok else "route_error", fields)
+        if ok:
+            self._log.info("request", **fields)
         else:
-            log.warning("request", **fields, error=row.error_message)
+            self._log.warning("request", **fields, error=row.error_message)
