@@ -13,7 +13,6 @@ import pytest
 
 from tests.databases import BACKENDS, open_store
 from tokenhub.store import RequestLog, RequestLogWriter, SQLStore
-from tokenhub.store.sql import sqlite_chunk_sizes
 
 
 def row(n: int, *, request_id: str = "req", at: datetime | None = None) -> RequestLog:
@@ -154,14 +153,9 @@ async def test_writer_keeps_rows_through_a_database_outage() -> None:
 
 
 async def test_a_large_batch_is_stored_whole_and_once(store: SQLStore) -> None:
-    """389 rows: on SQLite, statements of 256, 128, 4 and 1 rows; written twice, stored once."""
+    """389 rows in one batch, written twice: stored whole, and once."""
     rows = [row(i) for i in range(389)]
     await store.write_request_logs(rows)
     await store.write_request_logs(rows)
     stored = await store.request_logs(limit=1000)
     assert sorted(r.id for r in stored) == sorted(r.id for r in rows)
-
-
-def test_sqlite_statements_stay_within_the_librarys_variable_limit() -> None:
-    assert sqlite_chunk_sizes(32766) == (256, 128, 64, 32, 16, 8, 4, 2, 1)
-    assert sqlite_chunk_sizes(999) == (32, 16, 8, 4, 2, 1)  # SQLite before 3.32
