@@ -43,7 +43,9 @@ class LoopCounter:
 class LoopHistogram:
     """A labelled histogram for the request path, without locks (as ``LoopCounter``)."""
 
-    def __init__(self, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]):
+    def __init__(
+        self, name: str, documentation: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> None:
         self._name = name
         self._documentation = documentation
         self._labels = list(labels)
