@@ -191,7 +191,8 @@ class TemporalDispatcher:
         if not self._flag.enabled or client is None:
             if self._flag.enabled:
                 self._fell_back(ctx, "not_connected")
-            self._metrics.dispatched("direct")
+            else:
+                self._metrics.dispatched("direct")
             return None
         return client
 
@@ -200,14 +201,12 @@ class TemporalDispatcher:
         open, or a Temporal fault, counted and fed to the breaker)."""
         if not self._breaker.allow():
             self._fell_back(ctx, "breaker_open")
-            self._metrics.dispatched("direct")
             return None
         try:
             output = await self._run_workflow(client, ctx, job)
         except _Fault as fault:
             self._breaker.record_failure()
             self._fell_back(ctx, fault.reason, str(fault))
-            self._metrics.dispatched("direct")
             return None
         except BaseException:
             self._breaker.release()
@@ -355,6 +354,8 @@ class TemporalDispatcher:
                 await asyncio.shield(client.get_workflow_handle(workflow_id).cancel())
 
     def _fell_back(self, ctx: CallContext, reason: str, detail: str = "") -> None:
+        """The request runs directly after all: counted as a fallback and as a direct dispatch."""
+        self._metrics.dispatched("direct")
         self._metrics.temporal_fallback(reason)
         self._events.publish("temporal_fallback", {"request_id": ctx.request_id, "reason": reason})
         if reason in ("result_lost", "workflow_failed", "start_failed", "no_worker"):
