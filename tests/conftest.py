@@ -24,6 +24,7 @@ from tests.fakes.server import ServerThread
 from tests.temporal_server import DevServer, free_port
 from tokenhub.app import Components, build_app
 from tokenhub.config import Settings, load_catalog
+from tokenhub.gateway.server import GatewayProtocol
 from tokenhub.telemetry import configure_logging
 
 configure_logging("warning", "console")
@@ -125,7 +126,7 @@ def start_gateway(tmp_path: Path) -> Iterator[Any]:
         if str(options["db_url"]).startswith("sqlite:///"):
             db_path = Path(str(options["db_url"]).removeprefix("sqlite:///"))
         app = build_app(Settings(**options), load_catalog(config))
-        server = ServerThread(app).start()
+        server = ServerThread(app, http=GatewayProtocol).start()  # the protocol `tokenhub serve` runs
         gateway = Gateway(url=server.url, db_path=db_path, components=app.state.components, server=server)
         started.append(gateway)
         return gateway

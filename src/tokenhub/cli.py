@@ -87,13 +87,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(settings: Settings, catalog: Catalog) -> int:
     from tokenhub.app import build_app
+    from tokenhub.gateway.server import GatewayProtocol
 
     config = uvicorn.Config(
         build_app(settings, catalog),
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=GatewayProtocol,
         access_log=False,
         log_config=None,
         lifespan="on",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 from typing import Any
 
 import httpx
@@ -25,6 +26,24 @@ def test_healthz_and_readyz(fake_openai: tuple[FakeOpenAI, str], start_gateway: 
     ready = httpx.get(f"{gateway.url}/readyz", timeout=5)
     assert ready.status_code == 200
     assert ready.json()["store"] == "ok" and ready.json()["providers"] == {"up": "healthy"}
+
+
+def test_a_head_only_answer_is_not_held_back_and_the_connection_goes_on(
+    fake_openai: tuple[FakeOpenAI, str], start_gateway: Any
+) -> None:
+    """The gateway holds a response's head for its body's write; an answer with no body must still go out."""
+    _, url = fake_openai
+    gateway = start_gateway(CATALOG.format(url=url))
+    connection = http.client.HTTPConnection("127.0.0.1", gateway.server.port, timeout=5)
+    try:
+        for method in ("HEAD", "GET", "HEAD"):  # one keep-alive connection
+            connection.request(method, "/healthz")
+            response = connection.getresponse()
+            body = response.read()
+            assert response.status == 200
+            assert body == (b"" if method == "HEAD" else b'{"status":"ok"}')
+    finally:
+        connection.close()
 
 
 def test_readyz_is_503_with_nothing_to_route_to(start_gateway: Any) -> None:

@@ -6,6 +6,7 @@ The pattern of httpx's own test suite: start, wait for ``started`` (bounded), an
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import threading
@@ -29,6 +30,7 @@ class ServerThread:
         lifespan: Literal["on", "off"] = "on",
         ssl_certfile: Path | None = None,
         ssl_keyfile: Path | None = None,
+        http: type[asyncio.Protocol] | Literal["httptools"] = "httptools",
     ) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -41,7 +43,7 @@ class ServerThread:
             log_level="critical",
             access_log=False,
             loop="uvloop",
-            http="httptools",
+            http=http,
             timeout_graceful_shutdown=5,
             ssl_certfile=ssl_certfile,
             ssl_keyfile=ssl_keyfile,

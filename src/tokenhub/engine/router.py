@@ -217,7 +217,7 @@ class Engine:
             return completion
 
         completion, model, decision = await self._with_failover(request, policy, candidates, attempt)
-        completion = completion.model_copy(update={"model": model.id})
+        completion.model = model.id  # the provider's own object, made for this call (a copy cost 1.5 us)
         tokens = _tokens_of(completion, estimate)
         return Routed(completion, decision, tokens, model.cost_usd(tokens.input_tokens, tokens.output_tokens))
 

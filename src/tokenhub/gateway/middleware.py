@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from collections.abc import Mapping
 
@@ -12,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenhub.engine.upstream_time import start_clock
 from tokenhub.telemetry import Metrics
+from tokenhub.telemetry.ids import random_hex
 
 _VALID_ID = re.compile(rb"^[\x21-\x7e]{1,128}$")
 _DISPATCH = b"x-tokenhub-dispatch"
@@ -44,7 +44,7 @@ class RequestMiddleware:
                     request_id = value.decode("ascii")
                 break
         if request_id is None:
-            request_id = f"req_{secrets.token_hex(16)}"  # uuid4().hex's form, at a fifth of its cost
+            request_id = f"req_{random_hex()}"  # uuid4().hex's form, at a fraction of its cost
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)

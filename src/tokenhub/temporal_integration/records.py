@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ from tokenhub.engine import (
     UpstreamError,
 )
 from tokenhub.store import RequestLog
+from tokenhub.telemetry.ids import random_hex
 
 Path = Literal["direct", "temporal"]
 
@@ -53,7 +53,7 @@ class CallContext:
     """Who is asking and when. ``log_id`` is the request log's key, fixed once per request."""
 
     request_id: str
-    log_id: str = field(default_factory=lambda: secrets.token_hex(16))
+    log_id: str = field(default_factory=random_hex)
     received_at: float = field(default_factory=time.time)
     api_key_id: str | None = None
     idempotency_key: str | None = None

@@ -34,7 +34,9 @@ class Provider(Protocol):
 
     async def aclose(self) -> None: ...
 
-    async def send(self, request: ChatRequest, target: Target, timeout: float) -> ChatCompletion: ...
+    async def send(self, request: ChatRequest, target: Target, timeout: float) -> ChatCompletion:
+        """A completion made for this call alone: the engine sets its ``model`` to the routed model's id."""
+        ...
 
     def stream(self, request: ChatRequest, target: Target, timeout: float) -> AsyncIterator[list[Chunk]]:
         """Yield OpenAI-shaped chunks in batches (those that arrived together; never an empty batch),

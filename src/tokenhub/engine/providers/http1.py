@@ -118,7 +118,9 @@ class Connection(asyncio.Protocol):
         self._active = True
         self._read_timeout = read_timeout
         self._last_read = now = self._loop.time()
-        self._timers.append(self._loop.call_at(now + read_timeout, self._check_read))
+        # A deadline for the whole exchange no later than the first read's makes the read timer moot.
+        if total_timeout is None or total_timeout > read_timeout:
+            self._timers.append(self._loop.call_at(now + read_timeout, self._check_read))
         if total_timeout is not None:
             self._timers.append(
                 self._loop.call_at(now + total_timeout, self._fail, Timeout(f"took over {total_timeout:g} s"))
