@@ -198,7 +198,7 @@ class Engine:
         candidates, estimate = self.plan(request, policy, pin=pin, exclude=exclude, avoid=avoid)
         timeout = self._limits.attempt
 
-        async def attempt(model: ModelSpec) -> ChatCompletion:
+        async def attempt(model: ModelSpec) -> tuple[ChatCompletion, TokenCount]:
             provider = self.registry.provider(model.provider_id)
             capped = _within_budget(request, output_cap(model, policy, estimate))
             reservation = await self._reserve(policy, model, estimate, capped)
@@ -214,11 +214,12 @@ class Engine:
             self.health.record_success(model.provider_id, waited * 1000)
             tokens = _tokens_of(completion, estimate)
             await self._settle(reservation, model.cost_usd(tokens.input_tokens, tokens.output_tokens))
-            return completion
+            return completion, tokens
 
-        completion, model, decision = await self._with_failover(request, policy, candidates, attempt)
+        (completion, tokens), model, decision = await self._with_failover(
+            request, policy, candidates, attempt
+        )
         completion.model = model.id  # the provider's own object, made for this call (a copy cost 1.5 us)
-        tokens = _tokens_of(completion, estimate)
         return Routed(completion, decision, tokens, model.cost_usd(tokens.input_tokens, tokens.output_tokens))
 
     async def complete(self, request: ChatRequest, policy: Policy, shaping: Shaping) -> Routed:
