@@ -111,7 +111,8 @@ def start_gateway(tmp_path: Path) -> Iterator[Any]:
     """``start_gateway(yaml_text, **settings) -> Gateway``: the real app, served on loopback."""
     started: list[Gateway] = []
 
-    def start(catalog_yaml: str, **settings: Any) -> Gateway:
+    def start(catalog_yaml: str, http: Any = GatewayProtocol, **settings: Any) -> Gateway:
+        """``http``: the server protocol; `tokenhub serve`'s unless a test says otherwise."""
         index = len(started)
         config = tmp_path / f"catalog-{index}.yaml"
         config.write_text(textwrap.dedent(catalog_yaml))
@@ -126,7 +127,7 @@ def start_gateway(tmp_path: Path) -> Iterator[Any]:
         if str(options["db_url"]).startswith("sqlite:///"):
             db_path = Path(str(options["db_url"]).removeprefix("sqlite:///"))
         app = build_app(Settings(**options), load_catalog(config))
-        server = ServerThread(app, http=GatewayProtocol).start()  # the protocol `tokenhub serve` runs
+        server = ServerThread(app, http=http).start()
         gateway = Gateway(url=server.url, db_path=db_path, components=app.state.components, server=server)
         started.append(gateway)
         return gateway

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from tests.fakes.openai_upstream import FakeOpenAI, Reply, error_body, text_chunks
+from tokenhub.gateway.server import GatewayProtocol
 
 # "primary" is cheaper, lighter-context and heavier-weighted, so every mode tries it first.
 CATALOG = """
@@ -39,6 +40,18 @@ def pair(make_fake_openai: Any, start_gateway: Any) -> tuple[FakeOpenAI, FakeOpe
     fake_a, url_a = make_fake_openai()
     fake_b, url_b = make_fake_openai()
     return fake_a, fake_b, start_gateway(CATALOG.format(a=url_a, b=url_b))
+
+
+@pytest.fixture(params=["tokenhub protocol", "plain uvicorn"])
+def served_pair(
+    request: pytest.FixtureRequest, make_fake_openai: Any, start_gateway: Any
+) -> tuple[FakeOpenAI, FakeOpenAI, Any]:
+    """``pair`` under `tokenhub serve`'s protocol, which tells a request its client left, and under plain
+    uvicorn, where a watcher task learns it from ``receive()``."""
+    fake_a, url_a = make_fake_openai()
+    fake_b, url_b = make_fake_openai()
+    http = GatewayProtocol if request.param == "tokenhub protocol" else "httptools"
+    return fake_a, fake_b, start_gateway(CATALOG.format(a=url_a, b=url_b), http=http)
 
 
 def client_for(gateway: Any) -> openai.OpenAI:
@@ -228,8 +241,8 @@ def test_content_and_an_error_event_sent_together_reach_the_client_in_order(pair
     assert row["error_class"] == "transient" and row["stream"] == 1
 
 
-async def test_client_disconnect_mid_stream_closes_the_upstream(pair: Any) -> None:
-    fake_a, _, gateway = pair
+async def test_client_disconnect_mid_stream_closes_the_upstream(served_pair: Any) -> None:
+    fake_a, _, gateway = served_pair
     fake_a.push(Reply(chunks=text_chunks([f"w{i}" for i in range(200)]), chunk_delay=0.05))
     async with (
         httpx.AsyncClient(timeout=10) as client,
@@ -248,8 +261,8 @@ async def test_client_disconnect_mid_stream_closes_the_upstream(pair: Any) -> No
     assert row["status"] == 499 and row["stream"] == 1 and row["error_class"] is None
 
 
-async def test_client_disconnect_while_waiting_cancels_the_upstream_call(pair: Any) -> None:
-    fake_a, _, gateway = pair
+async def test_client_disconnect_while_waiting_cancels_the_upstream_call(served_pair: Any) -> None:
+    fake_a, _, gateway = served_pair
     fake_a.push(Reply(delay=10.0))
     async with httpx.AsyncClient(timeout=0.5) as client:
         with pytest.raises(httpx.ReadTimeout):

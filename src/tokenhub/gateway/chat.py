@@ -43,10 +43,12 @@ class ChatCompletionsEndpoint(Endpoint):
         shaping = Shaping(output_schema=directives.output_schema) if directives.output_schema else NO_SHAPING
         ctx = call_context(scope, body, report)
         if request.stream:
-            stream = await unless_disconnected(receive, self._dispatcher.open_stream(request, policy, ctx))
-            await send_stream(stream, receive, send, dispatch_headers(report), self._turns)
+            opening = self._dispatcher.open_stream(request, policy, ctx)
+            stream = await unless_disconnected(scope, receive, opening)
+            await send_stream(stream, scope, receive, send, dispatch_headers(report), self._turns)
         else:
-            routed = await unless_disconnected(receive, self._dispatcher.chat(request, policy, ctx, shaping))
+            answering = self._dispatcher.chat(request, policy, ctx, shaping)
+            routed = await unless_disconnected(scope, receive, answering)
             await send_json(
                 send, completion_json(routed), [*routing_headers(routed.decision), *dispatch_headers(report)]
             )

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Protocol, TypeVar
 
@@ -23,6 +24,7 @@ from tokenhub.engine.providers.base import Chunk
 from tokenhub.engine.shaping import Shaping
 from tokenhub.gateway.errors import BodyTimeout, BodyTooLarge, reply_for
 from tokenhub.gateway.middleware import request_id_of
+from tokenhub.gateway.server import CONNECTION_LOST, ConnectionLost
 from tokenhub.gateway.turns import StreamTurns
 from tokenhub.store.models import ApiKeyRow
 from tokenhub.temporal_integration.records import CallContext, DispatchReport
@@ -166,38 +168,51 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         raise BodyTimeout(BODY_TIMEOUT_S) from None
 
 
-async def _wait_for_disconnect(receive: Receive) -> None:
+async def _watch(receive: Receive, leave: Callable[[], None]) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+    leave()
 
 
-async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+async def unless_disconnected(scope: Scope, receive: Receive, work: Awaitable[T]) -> T:
     """Run ``work`` unless the client leaves first; then cancel it (it closes its upstream on the way
     out) and raise ``ClientGone``. Our own cancellation propagates unchanged.
 
-    ``work`` runs in this task, and a watcher task cancels it here if the client leaves. A task of its
-    own for ``work`` would cost two more turns of the event loop (its start, and waking this task when it
-    ends), and under load every turn waits behind every other ready request."""
+    ``work`` runs in this task, which is cancelled here if the client leaves: a task of its own for
+    ``work`` would cost two more turns of the event loop (its start, and waking this task when it ends),
+    and under load every turn waits behind every other ready request. The leaving is told by our server
+    protocol (``gateway/server.py``); under another server, a watcher task waits for it on ``receive()``."""
     task = asyncio.current_task()
     if task is None:
         raise RuntimeError("unless_disconnected runs inside a task")
     gone = False
 
-    async def watch() -> None:
+    def leave() -> None:
         nonlocal gone
-        await _wait_for_disconnect(receive)
         gone = True
         task.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    lost: ConnectionLost | None = (scope.get("extensions") or {}).get(CONNECTION_LOST)
+    watcher = None
+    if lost is not None:
+        if lost.happened:  # gone already: the work is not started
+            if inspect.iscoroutine(work):
+                work.close()
+            raise ClientGone
+        lost.listen(leave)
+    else:
+        watcher = asyncio.ensure_future(_watch(receive, leave))
     try:
         result = await work
     except asyncio.CancelledError:
-        if gone and task.uncancel() == 0:  # the watcher's cancellation, and nobody else's
+        if gone and task.uncancel() == 0:  # the client's leaving, and nobody else's cancellation
             raise ClientGone from None
         raise
     finally:
-        watcher.cancel()
+        if watcher is not None:
+            watcher.cancel()
+        elif lost is not None:
+            lost.ignore(leave)
     if gone:  # the client left as the work ended, and the work swallowed the cancellation
         task.uncancel()
         raise ClientGone
@@ -221,14 +236,19 @@ def completion_json(routed: Routed) -> dict[str, object]:
 
 
 async def send_stream(
-    stream: StreamHandle, receive: Receive, send: Send, extra: list[tuple[bytes, bytes]], turns: StreamTurns
+    stream: StreamHandle,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    extra: list[tuple[bytes, bytes]],
+    turns: StreamTurns,
 ) -> None:
     """Send the stream as SSE, recording it once however it ends; ``turns`` spaces its batches out."""
     headers = [*_SSE_HEADERS, *routing_headers(stream.decision), *extra]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     client_gone, failure = False, None
     try:
-        failure = await unless_disconnected(receive, _pump(stream, send, turns))
+        failure = await unless_disconnected(scope, receive, _pump(stream, send, turns))
     except (ClientGone, OSError):  # a send that fails means the client went away too
         client_gone = True
     finally:

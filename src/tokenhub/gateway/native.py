@@ -123,10 +123,12 @@ class NativeChatEndpoint(Endpoint):
         shaping = _shaping(parsed.output_format, schema)
         ctx = call_context(scope, body, report)
         if request.stream:
-            stream = await unless_disconnected(receive, self._dispatcher.open_stream(request, policy, ctx))
-            await send_stream(stream, receive, send, dispatch_headers(report), self._turns)
+            opening = self._dispatcher.open_stream(request, policy, ctx)
+            stream = await unless_disconnected(scope, receive, opening)
+            await send_stream(stream, scope, receive, send, dispatch_headers(report), self._turns)
             return
-        routed = await unless_disconnected(receive, self._dispatcher.chat(request, policy, ctx, shaping))
+        answering = self._dispatcher.chat(request, policy, ctx, shaping)
+        routed = await unless_disconnected(scope, receive, answering)
         decision = routed.decision
         envelope = _envelope(decision.model_id, routed.cost_usd, decision.reason, completion_json(routed))
         await send_json(send, envelope, [*routing_headers(decision), *dispatch_headers(report)])
@@ -154,7 +156,7 @@ class PlanEndpoint(Endpoint):
         shaping = Shaping(output_schema=_plan_schema(parsed))
         ctx = call_context(scope, body, report)
         plan = self._dispatcher.plan(request, directive, ctx, shaping, keyed(scope, Policy()))
-        result = await unless_disconnected(receive, plan)
+        result = await unless_disconnected(scope, receive, plan)
         decision = Decision(result.negotiated_model, result.provider_id, result.routing_reason, result.calls)
         envelope = _envelope(
             result.negotiated_model, result.cost_usd, result.routing_reason, result.response_json()

@@ -1,13 +1,14 @@
-"""The gateway's transport wrapper holds a response head for the write that follows it. What reaches the
-socket is what a client sees, so the wrapped transport here only records writes (a socket cannot tell one
-write from two); tests/e2e/test_probes.py sends real requests through it."""
+"""The gateway's server protocol: its transport wrapper holds a response head for the write that follows
+it, and its connection-lost signal tells a request's listeners once. What reaches the socket is what a
+client sees, so the wrapped transport here only records writes (a socket cannot tell one write from two);
+tests/e2e/test_probes.py and the disconnect tests in tests/e2e/test_failover.py run real requests."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from tokenhub.gateway.server import HeadWithBody
+from tokenhub.gateway.server import ConnectionLost, HeadWithBody
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n"
 
@@ -66,3 +67,17 @@ async def test_writes_that_are_not_a_head_pass_at_once_and_the_rest_is_the_trans
     transport.write(b"more")
     assert socket.writes == [complete, b"more"]
     assert transport.is_closing() is False
+
+
+def test_a_lost_connection_tells_each_listener_once_and_not_those_that_stopped_listening() -> None:
+    lost = ConnectionLost()
+    heard: list[str] = []
+    stays, leaves = (lambda: heard.append("stays")), (lambda: heard.append("leaves"))
+    lost.listen(stays)
+    lost.listen(leaves)
+    lost.ignore(leaves)
+    lost.ignore(leaves)  # twice is harmless
+    assert not lost.happened
+    lost.set()
+    lost.set()
+    assert lost.happened and heard == ["stays"]
