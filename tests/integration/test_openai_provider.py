@@ -67,3 +67,25 @@ async def test_frames_split_across_writes_are_put_back_together(
     pieces = [data[:7], data[7:130], data[130:131], data[131:]]
     fake.push(Reply(chunks=pieces, chunk_delay=0.02))
     assert words(await batches(provider)) == ["", *WORDS[:5], None]
+
+
+async def test_event_framing_variants_and_bytes_that_are_not_utf8(
+    fake_openai: tuple[FakeOpenAI, str], provider: OpenAICompatProvider
+) -> None:
+    """CRLF line ends, ``data:`` with no space, a comment, an ``event:`` line, and content with a byte
+    that is not UTF-8 (it arrives as U+FFFD, as a text decoder makes it, and the stream goes on)."""
+    fake, _ = fake_openai
+    role, first, second, finish, usage = text_chunks(["caf\u00e9", "two"])
+    raw_first = frame(first).replace("caf\u00e9".encode(), b"caf\xc3\xa9 \xff")
+    data = (
+        b": a comment\r\n"
+        + frame(role).replace(b"\n", b"\r\n")
+        + b"event: message\n"
+        + raw_first
+        + frame(second).replace(b"data: ", b"data:")
+        + frame(finish)
+        + frame(usage)
+        + b"data: [DONE]\n\n"
+    )
+    fake.push(Reply(chunks=[data]))
+    assert words(await batches(provider)) == ["", "caf\u00e9 \ufffd", "two", None]

@@ -19,6 +19,9 @@ from tokenhub.engine.providers.base import Chunk
 from tokenhub.engine.registry import ModelSpec
 from tokenhub.engine.types import Decision, TokenCount
 
+# A choice's keys the normaliser writes itself; any others (logprobs, …) pass through between them.
+_OWN_KEYS = frozenset(("index", "delta", "finish_reason"))
+
 
 class ChunkNormaliser:
     """Feed upstream chunks in order; take back the chunks to send. Not thread-safe (one per stream)."""
@@ -103,20 +106,26 @@ class ChunkNormaliser:
         index = index if isinstance(index, int) else 0
         if index in self._finished:
             return None  # anything after a choice's finish_reason, including a second finish_reason
-        delta = dict(choice.get("delta") or {})
+        delta = choice.get("delta")
+        if not isinstance(delta, dict):
+            delta = {}
         if index not in self._started:
             self._started.add(index)
             delta = {"role": "assistant", **{k: v for k, v in delta.items() if k != "role"}}
-        else:
-            delta.pop("role", None)
+        elif "role" in delta or "tool_calls" in delta:
+            delta = {k: v for k, v in delta.items() if k != "role"}
+        # else the upstream's delta goes on as it came: most chunks of a stream, copied for nothing before
         content = delta.get("content")
         if isinstance(content, str):
             self._chars += len(content)
         if delta.get("tool_calls"):
             delta["tool_calls"] = self._tool_deltas(index, delta["tool_calls"])
-        out = {k: v for k, v in choice.items() if k not in ("delta", "finish_reason", "index")}
         finish = choice.get("finish_reason") or None  # some upstreams send "" for "not yet"
-        out = {"index": index, "delta": delta, **out, "finish_reason": finish}
+        out = {"index": index, "delta": delta}
+        for key, value in choice.items():
+            if key not in _OWN_KEYS:
+                out[key] = value
+        out["finish_reason"] = finish
         if finish:
             self._finished[index] = str(finish)
         return out

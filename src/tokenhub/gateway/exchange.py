@@ -262,7 +262,7 @@ async def _pump(stream: StreamHandle, send: Send, turns: StreamTurns) -> Upstrea
     try:
         async with asyncio.timeout(max(0.0, stream.deadline - time.monotonic())):
             async for batch in stream:
-                data = b"".join([b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in batch])
+                data = b"data: " + b"\n\ndata: ".join([orjson.dumps(chunk) for chunk in batch]) + b"\n\n"
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 # Other requests run between batches: a burst already read would otherwise go out whole
                 # in one turn of the loop, and every stream started meanwhile would wait for it.

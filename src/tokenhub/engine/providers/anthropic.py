@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from tokenhub.engine.errors import UpstreamError
 from tokenhub.engine.providers.base import Chunk, Target
-from tokenhub.engine.providers.upstream import UpstreamClient, classify_status
+from tokenhub.engine.providers.upstream import UpstreamClient, classify_status, event_json
 from tokenhub.engine.types import ChatCompletion, ChatRequest, ContentPart, Message, ToolCall
 
 PATH = "/v1/messages"
@@ -337,9 +337,9 @@ def openai_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
 # --- streams: Anthropic's named events -> OpenAI chunks --------------------------------------------
 
 
-def _event_data(data: str, provider_id: str) -> dict[str, Any]:
+def _event_data(data: bytes, provider_id: str) -> dict[str, Any]:
     try:
-        parsed = orjson.loads(data)
+        parsed = event_json(data)
     except orjson.JSONDecodeError:
         raise UpstreamError(
             "transient", "upstream sent an event that is not JSON", provider_id=provider_id

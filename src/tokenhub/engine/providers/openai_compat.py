@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from tokenhub.engine.errors import UpstreamError
 from tokenhub.engine.providers.base import Chunk, Target
-from tokenhub.engine.providers.upstream import SSEEvent, UpstreamClient, classify_status
+from tokenhub.engine.providers.upstream import SSEEvent, UpstreamClient, classify_status, event_json
 from tokenhub.engine.types import ChatCompletion, ChatRequest
 
 PATH = "/v1/chat/completions"
@@ -47,7 +47,7 @@ class OpenAICompatProvider:
                 failure: UpstreamError | None = None
                 done = False
                 for event in events:
-                    if event.data == "[DONE]":
+                    if event.data == b"[DONE]":
                         done = True
                         break
                     try:
@@ -64,7 +64,7 @@ class OpenAICompatProvider:
 
     def _chunk(self, event: SSEEvent) -> Chunk:
         try:
-            chunk = orjson.loads(event.data)
+            chunk = event_json(event.data)
         except orjson.JSONDecodeError:
             raise UpstreamError(
                 "transient", "upstream sent a chunk that is not JSON", provider_id=self.id
@@ -75,7 +75,7 @@ class OpenAICompatProvider:
             )
         if "error" in chunk:
             # An in-band error event (vLLM, llama.cpp and others send these mid-stream).
-            raise classify_status(_status_of(chunk["error"]), event.data.encode(), {}, provider_id=self.id)
+            raise classify_status(_status_of(chunk["error"]), event.data, {}, provider_id=self.id)
         return chunk
 
 
