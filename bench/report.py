@@ -125,7 +125,8 @@ def render(report: dict[str, Any]) -> str:
     parts = [
         f"TokenHub bench ({machine['mode']}) {machine['date']} — {machine['cpu_count']} CPUs, "
         f"{machine['cpu_model']}, Python {machine['python']}, git {machine['git']}, "
-        f"speed check {machine.get('speed_check_ms', '?')} ms",
+        f"speed check {machine.get('speed_check_ms', '?')} ms, CPU time stolen by the host "
+        f"{machine.get('steal_s', '?')} s",
         "Latencies in ms (added = gateway - direct, same percentile, alternating blocks in one run); "
         "CPU in seconds per 1,000 requests.",
         "",
@@ -155,9 +156,22 @@ def machine_info(quick: bool, root: Path) -> dict[str, Any]:
         "mode": "quick" if quick else "full",
         "load_average_at_start": os.getloadavg(),
         "speed_check_ms": speed_check_ms(),
+        "steal_at_start_s": steal_seconds(),
         "git": _git_revision(root),
         "argv": sys.argv,
     }
+
+
+def steal_seconds() -> float | None:
+    """CPU time the hypervisor gave to others while this machine's CPUs wanted it, all CPUs together, since
+    boot (``/proc/stat``); None where there is no such file. Over a run it says how much a noisy host
+    slowed it."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return None
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else None
 
 
 def speed_check_ms() -> float:

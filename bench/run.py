@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from bench.procs import StartError
-from bench.report import check_targets, machine_info, render, write_json
+from bench.report import check_targets, machine_info, render, steal_seconds, write_json
 from bench.scenarios import FULL_ONLY, GAP_MODEL, MODEL, SCENARIOS, Bench
 from bench.stack import ROOT, BenchError, Stack
 
@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = SCENARIOS[name](bench)
     except (StartError, BenchError) as exc:
         failure = str(exc)
+    steal_at_start, steal_at_end = report["machine"].pop("steal_at_start_s"), steal_seconds()
+    if steal_at_start is not None and steal_at_end is not None:
+        report["machine"]["steal_s"] = round(steal_at_end - steal_at_start, 1)
     report["targets"] = check_targets(results)
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     report["failure"] = failure
