@@ -35,11 +35,17 @@ def closed_port_url() -> str:
     return f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture
-def pair(make_fake_openai: Any, start_gateway: Any) -> tuple[FakeOpenAI, FakeOpenAI, Any]:
+def two_upstreams(
+    make_fake_openai: Any, start_gateway: Any, http: Any = GatewayProtocol
+) -> tuple[FakeOpenAI, FakeOpenAI, Any]:
     fake_a, url_a = make_fake_openai()
     fake_b, url_b = make_fake_openai()
-    return fake_a, fake_b, start_gateway(CATALOG.format(a=url_a, b=url_b))
+    return fake_a, fake_b, start_gateway(CATALOG.format(a=url_a, b=url_b), http=http)
+
+
+@pytest.fixture
+def pair(make_fake_openai: Any, start_gateway: Any) -> tuple[FakeOpenAI, FakeOpenAI, Any]:
+    return two_upstreams(make_fake_openai, start_gateway)
 
 
 @pytest.fixture(params=["tokenhub protocol", "plain uvicorn"])
@@ -48,10 +54,8 @@ def served_pair(
 ) -> tuple[FakeOpenAI, FakeOpenAI, Any]:
     """``pair`` under `tokenhub serve`'s protocol, which tells a request its client left, and under plain
     uvicorn, where a watcher task learns it from ``receive()``."""
-    fake_a, url_a = make_fake_openai()
-    fake_b, url_b = make_fake_openai()
     http = GatewayProtocol if request.param == "tokenhub protocol" else "httptools"
-    return fake_a, fake_b, start_gateway(CATALOG.format(a=url_a, b=url_b), http=http)
+    return two_upstreams(make_fake_openai, start_gateway, http)
 
 
 def client_for(gateway: Any) -> openai.OpenAI:
