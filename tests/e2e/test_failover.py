@@ -277,3 +277,23 @@ async def test_client_disconnect_while_waiting_cancels_the_upstream_call(served_
     gateway.stop()
     (row,) = gateway.request_logs()
     assert row["status"] == 499 and row["stream"] == 0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
+def test_a_latency_budget_cuts_the_request_without_blaming_the_provider(pair: Any, stream: bool) -> None:
+    """The request's deadline (here a latency directive, 300 ms) ends the wait for a slow upstream with a
+    504, and no failover: time that is up for the request is up for every model. The provider is not
+    counted as failing, since 300 ms is the client's limit, not the provider's (5 s here)."""
+    fake_a, fake_b, gateway = pair
+    fake_a.push(Reply(delay=3.0))
+    messages: list[Any] = [{"role": "user", "content": "@@tokenhub latency=300\nhi"}]
+    with client_for(gateway) as client, pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="primary", messages=messages, stream=stream)
+    assert caught.value.status_code == 504
+    assert "request exceeded its 0.3s limit" in caught.value.message
+    assert fake_a.client_disconnected.wait(5), "the upstream call was not cancelled"
+    assert not fake_b.requests
+    assert gateway.components.health.snapshot("prov-a").consecutive_errors == 0
+    gateway.stop()
+    (row,) = gateway.request_logs()
+    assert row["status"] == 504 and row["error_class"] == "timeout" and row["attempts"] == 1

@@ -166,6 +166,20 @@ def test_a_non_streaming_payload_gets_no_stream_options() -> None:
     assert "stream_options" not in parse({"messages": [user()]}).upstream_payload("up")
 
 
+def test_a_changed_copy_sends_its_change_and_the_original_still_sends_what_the_client_sent() -> None:
+    """The payload is the client's own JSON object when nothing changed; a copy with a change (a budget's
+    cap on output, directives taken out of messages) must send the change."""
+    body = {**FULL_REQUEST, "stream": False, "max_tokens": 4000}
+    body.pop("stream_options")
+    original = parse(body)
+
+    capped = original.model_copy(update={"max_tokens": 499})
+
+    assert capped.upstream_payload("up") == {**body, "model": "up", "max_tokens": 499}
+    assert original.upstream_payload("up") == {**body, "model": "up"}
+    assert body["model"] == "demo-large"  # the payload is a new object, not the client's changed
+
+
 # --- what is refused -------------------------------------------------------------------------------
 
 

@@ -46,7 +46,7 @@ class RequestMiddleware:
         if request_id is None:
             request_id = f"req_{random_hex()}"  # uuid4().hex's form, at a fraction of its cost
         scope.setdefault("state", {})["request_id"] = request_id
-        structlog.contextvars.clear_contextvars()
+        # Only the request id is ever bound, and binding it replaces the last one: nothing to clear first.
         structlog.contextvars.bind_contextvars(request_id=request_id)
         id_header = (b"x-request-id", request_id.encode("ascii"))
 
@@ -56,9 +56,10 @@ class RequestMiddleware:
                 headers = [*message.get("headers", ()), id_header]
                 headers.append((b"x-tokenhub-overhead-ms", b"%.3f" % overhead_ms))
                 message["headers"] = headers
-                path = next((value for name, value in headers if name == _DISPATCH), None)
-                if path is not None:
-                    self._metrics.overhead_ms(path.decode(), overhead_ms)
+                for name, value in headers:
+                    if name == _DISPATCH:
+                        self._metrics.overhead_ms(value.decode(), overhead_ms)
+                        break
             await send(message)
 
         await self.app(scope, receive, sending)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -18,15 +19,19 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:
-    return parse_body(body, ChatRequest)
+    return _parsed(body, ChatRequest.from_json)
 
 
 def parse_body(body: bytes, model: type[M]) -> M:
     """``body`` as ``model``, or ``InvalidRequest`` naming the field in OpenAI's style."""
+    return _parsed(body, model.model_validate_json)
+
+
+def _parsed(body: bytes, validate: Callable[[bytes], M]) -> M:
     if not body.strip():
         raise InvalidRequest("The request body is empty; expected a JSON object.", code="invalid_json")
     try:
-        return model.model_validate_json(body)
+        return validate(body)
     except ValidationError as exc:
         raise invalid_request(exc) from None
 
