@@ -236,7 +236,13 @@ def build_app(settings: Settings, catalog: Catalog) -> Starlette:
         ),
         keys=KeyEndpoints(parts.keys, parts.spend, parts.engine, parts.audit),
     )
-    access = Middleware(AccessControl, ring=parts.keys, limiter=parts.limiter, mode=settings.auth or "auto")
+    access = Middleware(
+        AccessControl,
+        ring=parts.keys,
+        limiter=parts.limiter,
+        mode=settings.auth or "auto",
+        trusted_proxies=settings.forwarded_allow_ips,
+    )
     app = Starlette(
         routes=[*routes, admin],
         middleware=[

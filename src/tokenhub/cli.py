@@ -99,6 +99,8 @@ def _serve(settings: Settings, catalog: Catalog) -> int:
         log_config=None,
         lifespan="on",
         server_header=False,
+        # The one reader of the client's address works out the forwarded one itself (gateway/auth.py).
+        proxy_headers=False,
     )
     _Server(config).run()
     return 0

@@ -290,3 +290,23 @@ def test_a_changed_key_applies_to_the_next_request(admin: Admin) -> None:
     assert changed.status_code == 200 and changed.json()["models"] == ["m2"]
     listed = call(admin, "GET", "/v1/models", bearer(created["key"])).json()["data"]
     assert [m["id"] for m in listed] == ["m2"]
+
+
+def test_failed_authentications_are_limited_per_address_the_local_proxy_forwards(admin: Admin) -> None:
+    """30 failures a minute per client address, then 429. Behind a proxy on the same host, the address
+    is the one it forwards in X-Forwarded-For: one client guessing keys must not lock out the others."""
+    admin.create_key()
+    guesser = {"authorization": "Bearer th-wrong", "x-forwarded-for": "203.0.113.7"}
+    for _ in range(30):
+        assert_refused(
+            call(admin, "POST", "/v1/chat/completions", guesser, {"model": "m1", **HELLO}),
+            401,
+            "invalid_api_key",
+        )
+    locked = call(admin, "POST", "/v1/chat/completions", guesser, {"model": "m1", **HELLO})
+    assert locked.status_code == 429 and locked.json()["error"]["code"] == "rate_limit_exceeded"
+    assert int(locked.headers["retry-after"]) >= 1
+    other = {"authorization": "Bearer th-wrong", "x-forwarded-for": "198.51.100.2"}
+    assert_refused(
+        call(admin, "POST", "/v1/chat/completions", other, {"model": "m1", **HELLO}), 401, "invalid_api_key"
+    )

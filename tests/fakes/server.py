@@ -31,6 +31,7 @@ class ServerThread:
         ssl_certfile: Path | None = None,
         ssl_keyfile: Path | None = None,
         http: type[asyncio.Protocol] | Literal["httptools"] = "httptools",
+        proxy_headers: bool = True,
     ) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -44,6 +45,7 @@ class ServerThread:
             access_log=False,
             loop="uvloop",
             http=http,
+            proxy_headers=proxy_headers,
             timeout_graceful_shutdown=5,
             ssl_certfile=ssl_certfile,
             ssl_keyfile=ssl_keyfile,

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     # "keys": every /v1 request needs an API key; "none": open to anyone who can reach it (logged loudly);
     # unset: keys are required as soon as one exists.
     auth: Literal["keys", "none"] | None = None
+    # Proxies whose X-Forwarded-For names the client (comma-separated addresses or networks; "*": any).
+    forwarded_allow_ips: str = "127.0.0.1"
     # Encrypts provider API keys stored through the admin API; without it, only api_key_env is accepted.
     # Also keys the hashes of client API keys (else a random pepper kept in the database does).
     secret_key: str | None = Field(default=None, min_length=16)

@@ -199,7 +199,7 @@ class Engine:
         """Answer ``request``; ``pin``, ``exclude`` and ``avoid`` as in ``plan``."""
         candidates, estimate = self.plan(request, policy, pin=pin, exclude=exclude, avoid=avoid)
 
-        async def attempt(model: ModelSpec, timeout: float) -> tuple[ChatCompletion, TokenCount]:
+        async def attempt(model: ModelSpec, timeout: float) -> tuple[ChatCompletion, TokenCount, float]:
             provider = self.registry.provider(model.provider_id)
             capped = _within_budget(request, output_cap(model, policy, estimate))
             reservation = await self._reserve(policy, model, estimate, capped)
@@ -214,14 +214,15 @@ class Engine:
             charge(waited)
             self.health.record_success(model.provider_id, waited * 1000)
             tokens = _tokens_of(completion, estimate)
-            await self._settle(reservation, model.cost_usd(tokens.input_tokens, tokens.output_tokens))
-            return completion, tokens
+            cost = model.cost_usd(tokens.input_tokens, tokens.output_tokens)
+            await self._settle(reservation, cost)
+            return completion, tokens, cost
 
-        (completion, tokens), model, decision = await self._with_failover(
+        (completion, tokens, cost), model, decision = await self._with_failover(
             request, policy, candidates, attempt
         )
         completion.model = model.id  # the provider's own object, made for this call (a copy cost 1.5 us)
-        return Routed(completion, decision, tokens, model.cost_usd(tokens.input_tokens, tokens.output_tokens))
+        return Routed(completion, decision, tokens, cost)
 
     async def complete(self, request: ChatRequest, policy: Policy, shaping: Shaping) -> Routed:
         """``route_and_send``, then the answer in the form the client asked for (``OutputInvalid`` if it
@@ -373,19 +374,19 @@ class Engine:
     ) -> Decision:
         if not failures:
             reason = "requested-model" if model.id == request.model else f"routed-{policy.mode}"
-        elif failures[-1].error_class == "context_overflow":
+            return Decision(model_id=model.id, provider_id=model.provider_id, reason=reason)
+        if failures[-1].error_class == "context_overflow":
             reason = "escalated-context-overflow"
         elif failures[-1].model_id == model.id:
             reason = "retried-transient"
         else:
             reason = f"failover-after-{failures[-1].error_class}"
-        failed = tuple(dict.fromkeys(f.model_id for f in failures if f.model_id != model.id))
         return Decision(
             model_id=model.id,
             provider_id=model.provider_id,
             reason=reason,
             attempts=len(failures) + 1,
-            failovers=failed,
+            failovers=tuple(dict.fromkeys(f.model_id for f in failures if f.model_id != model.id)),
         )
 
     def _spends(self, policy: Policy) -> bool:

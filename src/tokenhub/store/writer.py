@@ -38,7 +38,10 @@ class RequestLogWriter:
             self._task = asyncio.create_task(self._run(), name="request-log-writer")
 
     async def write(self, row: RequestLog) -> None:
-        await self._queue.put(row)
+        try:
+            self._queue.put_nowait(row)
+        except asyncio.QueueFull:  # only then the wait for room (the coroutine cost every request)
+            await self._queue.put(row)
 
     async def flush(self) -> None:
         """Write everything queued so far, now. Rows queued while it writes wait for the next flush: under
