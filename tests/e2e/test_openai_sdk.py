@@ -248,6 +248,28 @@ def test_upstream_failure_is_502(setup: Any) -> None:
     assert len(fake.requests) == 3  # the first call and two jittered retries on the same model
 
 
+def test_the_client_gets_the_completion_the_upstream_sent_with_our_model_name(setup: Any) -> None:
+    """Fields the gateway does not model pass through; values an upstream sent in the wrong JSON type
+    (numbers as strings) reach the client as the numbers they stand for."""
+    fake, gateway, _ = setup
+    sent = completion("as sent")
+    sent["choices"][0]["message"]["refusal"] = None
+    sent["service_tier"] = "default"
+    url = f"{gateway.v1}/chat/completions"
+    fake.push(Reply(body=sent))
+    assert httpx.post(url, json={"model": "gpt-test", "messages": MESSAGES}, timeout=20).json() == {
+        **sent,
+        "model": "gpt-test",
+    }
+    fake.push(
+        Reply(body={**sent, "created": "1700000000", "usage": {**sent["usage"], "prompt_tokens": "11"}})
+    )
+    assert httpx.post(url, json={"model": "gpt-test", "messages": MESSAGES}, timeout=20).json() == {
+        **sent,
+        "model": "gpt-test",
+    }
+
+
 def test_upstream_timeout_is_504(fake_openai: tuple[FakeOpenAI, str], start_gateway: Any) -> None:
     fake, url = fake_openai
     gateway = start_gateway(CATALOG.format(url=url), provider_timeout_secs=0.3)

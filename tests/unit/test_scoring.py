@@ -7,7 +7,7 @@ import pytest
 from tokenhub.config import Mode
 from tokenhub.engine import HealthTracker, ModelSpec, Policy, UpstreamError
 from tokenhub.engine.health import HealthState, counts_against_provider
-from tokenhub.engine.scoring import Estimate, ineligibility, output_cap, rank
+from tokenhub.engine.scoring import MODE_WEIGHTS, Estimate, ineligibility, output_cap, rank, scores
 
 
 class FakeClock:
@@ -117,6 +117,31 @@ def test_a_slower_provider_ranks_after_a_faster_one(health: HealthTracker) -> No
 def test_ranking_one_or_no_model_returns_it_unchanged(health: HealthTracker) -> None:
     assert rank([], Policy(), ESTIMATE, health) == []
     assert rank([MINI], Policy(), ESTIMATE, health) == [MINI]
+
+
+def test_a_score_is_each_criterion_as_a_share_of_its_largest_value_times_the_modes_weight(
+    health: HealthTracker,
+) -> None:
+    """What ``/admin/v1/simulate`` shows: per criterion, the model's share of the largest value among the
+    candidates, weighted by the mode; weight counts in the model's favour. One model alone scores its
+    criteria at 1 where they are above 0."""
+    health.record_success("p-mini", 400.0)
+    health.record_success("p-large", 100.0)
+    fail(health, "p-large", 1)
+    w_cost, w_latency, w_failure, w_weight = MODE_WEIGHTS["normal"]
+    cost = {m.id: m.cost_usd(500, 200) for m in (MINI, MID, LARGE)}
+    failure = health.error_rate("p-large")
+
+    scored = {m.id: score for m, score in scores([MINI, MID, LARGE], Policy(), ESTIMATE, health)}
+
+    assert scored["mini"] == pytest.approx(
+        w_cost * cost["mini"] / cost["large"] + w_latency - w_weight * 3 / 9
+    )
+    assert scored["mid"] == pytest.approx(w_cost * cost["mid"] / cost["large"] - w_weight * 6 / 9)
+    assert scored["large"] == pytest.approx(w_cost + w_latency * 100 / 400 + w_failure - w_weight)
+    assert failure > 0
+    [(alone, score)] = scores([MID], Policy(), ESTIMATE, health)
+    assert alone is MID and score == pytest.approx(w_cost - w_weight)
 
 
 # --- eligibility -----------------------------------------------------------------------------------

@@ -87,22 +87,36 @@ def rank(
 def scores(
     models: Sequence[ModelSpec], policy: Policy, estimate: Estimate, health: HealthTracker
 ) -> list[tuple[ModelSpec, float]]:
-    """Each eligible model with its score (lower is better), best first."""
-    if not models:
-        return []
+    """Each eligible model with its score (lower is better), best first. Each criterion counts as its share
+    of the largest value among ``models`` (none, when that is 0), times the mode's weight for it."""
     w_cost, w_latency, w_failure, w_weight = MODE_WEIGHTS[policy.mode]
-    costs = [m.cost_usd(estimate.input_tokens, estimate.output_tokens) for m in models]
-    latencies = [health.latency_ms(m.provider_id) or 0.0 for m in models]
-    failures = [health.error_rate(m.provider_id) for m in models]
-    weights = [m.weight for m in models]
-    n_cost, n_lat, n_fail, n_weight = (_normalise(v) for v in (costs, latencies, failures, weights))
+    inputs, outputs = estimate.input_tokens, estimate.output_tokens
+    # One pass for the values and their maxima (a pass per criterion cost twice as much, on every request).
+    rows = []
+    top_cost = top_latency = top_failure = top_weight = 0.0
+    for m in models:
+        cost = m.cost_usd(inputs, outputs)
+        latency = health.latency_ms(m.provider_id) or 0.0
+        failure = health.error_rate(m.provider_id)
+        rows.append((m, cost, latency, failure))
+        if cost > top_cost:
+            top_cost = cost
+        if latency > top_latency:
+            top_latency = latency
+        if failure > top_failure:
+            top_failure = failure
+        if m.weight > top_weight:
+            top_weight = m.weight
     scored = [
-        (m, w_cost * n_cost[i] + w_latency * n_lat[i] + w_failure * n_fail[i] - w_weight * n_weight[i])
-        for i, m in enumerate(models)
+        (
+            m,
+            (w_cost * (cost / top_cost) if top_cost > 0 else 0.0)
+            + (w_latency * (latency / top_latency) if top_latency > 0 else 0.0)
+            + (w_failure * (failure / top_failure) if top_failure > 0 else 0.0)
+            - (w_weight * (m.weight / top_weight) if top_weight > 0 else 0.0),
+        )
+        for m, cost, latency, failure in rows
     ]
-    return sorted(scored, key=lambda pair: (pair[1], -pair[0].weight, pair[0].id))
-
-
-def _normalise(values: list[float]) -> list[float]:
-    top = max(values)
-    return [v / top for v in values] if top > 0 else [0.0] * len(values)
+    if len(scored) > 1:
+        scored.sort(key=lambda pair: (pair[1], -pair[0].weight, pair[0].id))
+    return scored

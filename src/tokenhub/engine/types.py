@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from tokenhub.config import Mode
@@ -176,6 +176,8 @@ class ChatCompletion(BaseModel):
     """A ``chat.completion`` object; upstream fields we don't model are kept."""
 
     model_config = ConfigDict(extra="allow")
+    # As ChatRequest's: the upstream's JSON object, when it was valid as sent (nothing coerced).
+    __slots__ = ("_sent",)
 
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -183,6 +185,30 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[Choice]
     usage: Usage | None = None
+
+    @classmethod
+    def from_json(cls, body: bytes) -> ChatCompletion:
+        """Validated from an upstream's JSON body, values coerced where needed (``"created": "17…"``);
+        ``ValidationError`` if it is no completion."""
+        try:
+            sent = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return cls.model_validate_json(body, strict=False)
+        try:
+            completion = cls.model_validate(sent, strict=True)
+        except ValidationError:
+            return cls.model_validate(sent, strict=False)
+        object.__setattr__(completion, "_sent", sent)
+        return completion
+
+    def as_openai(self) -> dict[str, Any]:
+        """The completion as OpenAI sends it: the upstream's fields kept, ``object`` and ``model`` ours.
+        (The upstream's own object when nothing in it was coerced: a dump cost 2.5 us.)"""
+        sent: dict[str, Any] | None = getattr(self, "_sent", None)
+        body = {**sent} if sent is not None else self.model_dump(mode="json", exclude_unset=True)
+        body["object"] = "chat.completion"
+        body["model"] = self.model
+        return body
 
 
 @dataclass(frozen=True)

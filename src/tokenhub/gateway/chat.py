@@ -12,7 +12,6 @@ from tokenhub.gateway.exchange import (
     Dispatcher,
     Endpoint,
     call_context,
-    completion_json,
     dispatch_headers,
     header,
     keyed,
@@ -50,7 +49,9 @@ class ChatCompletionsEndpoint(Endpoint):
             answering = self._dispatcher.chat(request, policy, ctx, shaping)
             routed = await unless_disconnected(scope, receive, answering)
             await send_json(
-                send, completion_json(routed), [*routing_headers(routed.decision), *dispatch_headers(report)]
+                send,
+                routed.completion.as_openai(),
+                [*routing_headers(routed.decision), *dispatch_headers(report)],
             )
 
 

@@ -227,14 +227,6 @@ def routing_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     ]
 
 
-def completion_json(routed: Routed) -> dict[str, object]:
-    """The completion as OpenAI sends it: upstream fields kept, ``object`` and our ``model`` set."""
-    body: dict[str, object] = routed.completion.model_dump(mode="json", exclude_unset=True)
-    body["object"] = "chat.completion"
-    body["model"] = routed.completion.model
-    return body
-
-
 async def send_stream(
     stream: StreamHandle,
     scope: Scope,

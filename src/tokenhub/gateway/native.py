@@ -22,7 +22,6 @@ from tokenhub.gateway.exchange import (
     Dispatcher,
     Endpoint,
     call_context,
-    completion_json,
     dispatch_headers,
     keyed,
     routing_headers,
@@ -130,7 +129,9 @@ class NativeChatEndpoint(Endpoint):
         answering = self._dispatcher.chat(request, policy, ctx, shaping)
         routed = await unless_disconnected(scope, receive, answering)
         decision = routed.decision
-        envelope = _envelope(decision.model_id, routed.cost_usd, decision.reason, completion_json(routed))
+        envelope = _envelope(
+            decision.model_id, routed.cost_usd, decision.reason, routed.completion.as_openai()
+        )
         await send_json(send, envelope, [*routing_headers(decision), *dispatch_headers(report)])
 
 

@@ -31,7 +31,7 @@ class OpenAICompatProvider:
         async with self._client.post(PATH, body, read_timeout=timeout, total_timeout=timeout) as response:
             raw = await response.read()
         try:
-            return ChatCompletion.model_validate_json(raw, strict=False)
+            return ChatCompletion.from_json(raw)
         except ValidationError as exc:
             raise UpstreamError(
                 "fatal", f"malformed completion from upstream: {exc.errors()[0]['msg']}", provider_id=self.id
