@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 
-from tokenhub.telemetry.ids import random_hex
+from tokenhub.telemetry.ids import ordered_id, random_hex
 
 
 def test_ids_are_hex_of_the_asked_length_and_never_repeat_across_reads() -> None:
@@ -46,3 +47,13 @@ def test_a_forked_child_does_not_repeat_its_parents_ids() -> None:
     parent = "".join(random_hex() for _ in range(4))
     assert len(child) == len(parent) == 128
     assert child != parent
+
+
+def test_ordered_ids_sort_by_the_time_they_were_made_and_never_repeat() -> None:
+    first = [ordered_id() for _ in range(1000)]
+    time.sleep(0.002)
+    later = [ordered_id() for _ in range(1000)]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in first + later)
+    assert len(set(first + later)) == 2000
+    assert max(first) < min(later)
+    assert abs(int(later[0][:12], 16) - time.time() * 1000) < 60_000  # the prefix is the time in ms

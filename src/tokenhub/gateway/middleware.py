@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenhub.engine.upstream_time import start_clock
 from tokenhub.telemetry import Metrics
-from tokenhub.telemetry.ids import random_hex
+from tokenhub.telemetry.ids import ordered_id
 
 _VALID_ID = re.compile(rb"^[\x21-\x7e]{1,128}$")
 _DISPATCH = b"x-tokenhub-dispatch"
@@ -44,7 +44,7 @@ class RequestMiddleware:
                     request_id = value.decode("ascii")
                 break
         if request_id is None:
-            request_id = f"req_{random_hex()}"  # uuid4().hex's form, at a fraction of its cost
+            request_id = f"req_{ordered_id()}"  # uuid4().hex's form, at a fraction of its cost
         scope.setdefault("state", {})["request_id"] = request_id
         # Only the request id is ever bound, and binding it replaces the last one: nothing to clear first.
         structlog.contextvars.bind_contextvars(request_id=request_id)

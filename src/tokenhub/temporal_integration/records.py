@@ -19,7 +19,7 @@ from tokenhub.engine import (
     UpstreamError,
 )
 from tokenhub.store import RequestLog
-from tokenhub.telemetry.ids import random_hex
+from tokenhub.telemetry.ids import ordered_id
 
 Path = Literal["direct", "temporal"]
 
@@ -53,7 +53,7 @@ class CallContext:
     """Who is asking and when. ``log_id`` is the request log's key, fixed once per request."""
 
     request_id: str
-    log_id: str = field(default_factory=random_hex)
+    log_id: str = field(default_factory=ordered_id)
     received_at: float = field(default_factory=time.time)
     api_key_id: str | None = None
     idempotency_key: str | None = None
