@@ -6,12 +6,12 @@ import re
 import time
 from collections.abc import Mapping
 
-import structlog.contextvars
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenhub.engine.upstream_time import start_clock
 from tokenhub.telemetry import Metrics
 from tokenhub.telemetry.ids import ordered_id
+from tokenhub.telemetry.logging import REQUEST_ID
 
 _VALID_ID = re.compile(rb"^[\x21-\x7e]{1,128}$")
 _DISPATCH = b"x-tokenhub-dispatch"
@@ -46,8 +46,7 @@ class RequestMiddleware:
         if request_id is None:
             request_id = f"req_{ordered_id()}"  # uuid4().hex's form, at a fraction of its cost
         scope.setdefault("state", {})["request_id"] = request_id
-        # Only the request id is ever bound, and binding it replaces the last one: nothing to clear first.
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        REQUEST_ID.set(request_id)  # for the log lines written while it runs
         id_header = (b"x-request-id", request_id.encode("ascii"))
 
         async def sending(message: Message) -> None:

@@ -1,6 +1,6 @@
 """structlog set-up: JSON lines (orjson) in production, a readable console otherwise.
 
-Request context (``request_id``) is bound with contextvars by the gateway and merged into every line.
+Request context (``request_id``) is set in a context variable by the gateway and added to every line.
 Prompt text and API keys are never logged by default.
 """
 
@@ -8,9 +8,16 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
+from contextvars import ContextVar
+from typing import Any
 
 import orjson
 import structlog
+
+# The request a line is logged for. Set on every request, read only when a line is written: a context
+# variable of our own costs a fifth of ``bind_contextvars`` (0.06 against 0.33 us).
+REQUEST_ID: ContextVar[str | None] = ContextVar("tokenhub_request_id", default=None)
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -18,6 +25,7 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     numeric = _LEVELS[level]
     shared: list[structlog.types.Processor] = [
+        _add_request_id,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -40,3 +48,10 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     logging.getLogger("alembic").setLevel(
         max(numeric, logging.WARNING)
     )  # its progress lines are ours to tell
+
+
+def _add_request_id(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    return event
