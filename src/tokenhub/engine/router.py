@@ -138,16 +138,15 @@ class Engine:
 
         Raises ``ModelNotFound`` for an unknown name and ``NoEligibleModel`` when nothing may serve.
         """
-        simulation = self.simulate(request, policy, pin=pin, exclude=exclude, avoid=avoid)
-        if not simulation.ranked:
-            reasons = simulation.ineligible
+        ranked, reasons, estimate = self._consider(request, policy, pin, exclude, avoid)
+        if not ranked:
             waits = [
                 self.health.retry_after(m.provider_id)
                 for m in self.registry.routable()
                 if reasons.get(m.id) == "unhealthy"
             ]
-            raise NoEligibleModel(dict(reasons), retry_after=min(waits) if waits else None)
-        return [model for model, _ in simulation.ranked], simulation.estimate
+            raise NoEligibleModel(reasons, retry_after=min(waits) if waits else None)
+        return [model for model, _ in ranked], estimate
 
     def simulate(
         self,
@@ -160,6 +159,17 @@ class Engine:
     ) -> Simulation:
         """How ``plan`` would decide, without deciding: every candidate's score and every skipped model's
         reason. Raises ``ModelNotFound`` for an unknown name."""
+        ranked, reasons, estimate = self._consider(request, policy, pin, exclude, avoid)
+        return Simulation(ranked=ranked, ineligible=reasons, estimate=estimate)
+
+    def _consider(
+        self,
+        request: ChatRequest,
+        policy: Policy,
+        pin: bool,
+        exclude: Collection[str],
+        avoid: Collection[str],
+    ) -> tuple[list[tuple[ModelSpec, float]], dict[str, IneligibleReason], Estimate]:
         named = None
         if request.model and request.model != AUTO:
             named = self.registry.get_routable(request.model)
@@ -185,7 +195,7 @@ class Engine:
             ranked.sort(key=lambda pair: pair[0].id in avoid)
         if named is not None:
             ranked.sort(key=lambda pair: pair[0] is not named)
-        return Simulation(ranked=ranked, ineligible=reasons, estimate=estimate)
+        return ranked, reasons, estimate
 
     async def route_and_send(
         self,

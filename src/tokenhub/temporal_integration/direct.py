@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from types import TracebackType
 from typing import Protocol
 
 from tokenhub.engine import (
@@ -49,9 +48,12 @@ class DirectDispatcher:
     ) -> Routed:
         ctx.report.took("direct")
         origin = Origin.of(ctx, policy.mode, requested_model=request.model, stream=False)
-        async with self._recorded(origin):
+        try:
             routed = await self._engine.complete(request, policy, shaping)
             await self._recorder.log_result(routed_row(origin, routed, path="direct"))
+        except BaseException as exc:
+            await self._record_unfinished(origin, exc)
+            raise
         return routed
 
     async def plan(
@@ -64,7 +66,7 @@ class DirectDispatcher:
     ) -> OrchestrationResult:
         ctx.report.took("direct")
         origin = Origin.of(ctx, directive.mode, requested_model=request.model, stream=False)
-        async with self._recorded(origin):
+        try:
             result = await self._engine.orchestrate(request, directive, shaping, policy)
             await self._recorder.log_result(
                 row(
@@ -79,17 +81,28 @@ class DirectDispatcher:
                     cost_usd=result.cost_usd,
                 )
             )
+        except BaseException as exc:
+            await self._record_unfinished(origin, exc)
+            raise
         return result
 
-    def _recorded(self, origin: Origin) -> _Recorded:
-        """Record a request that fails or is cancelled inside the block (success records itself)."""
-        return _Recorded(self._recorder, self._status_of, origin)
+    async def _record_unfinished(self, origin: Origin, exc: BaseException) -> None:
+        """Record a request that failed or was cancelled before its answer was recorded. (Called from an
+        ``except`` block, not a context manager: that one's object and coroutines cost every request.)"""
+        if isinstance(exc, EngineError):
+            row = error_row(origin, exc, path="direct", status=self._status_of(exc))
+            await self._recorder.log_result(row)
+        elif isinstance(exc, asyncio.CancelledError):
+            await self._recorder.log_result(closed_row(origin, path="direct"))
 
     async def open_stream(self, request: ChatRequest, policy: Policy, ctx: CallContext) -> RecordedStream:
         ctx.report.took("direct")
         origin = Origin.of(ctx, policy.mode, requested_model=request.model, stream=True)
-        async with self._recorded(origin):
+        try:
             stream = await self._engine.open_stream(request, policy)
+        except BaseException as exc:
+            await self._record_unfinished(origin, exc)
+            raise
 
         async def record(stream: ChatStream, *, client_gone: bool, error: UpstreamError | None) -> None:
             await self._recorder.log_result(
@@ -124,32 +137,6 @@ class DirectDispatcher:
             error_class=error_class,
             error_message=message,
         )
-
-
-class _Recorded:
-    """``DirectDispatcher._recorded``'s block, as a class: a generator-based context manager cost the hot
-    path a few microseconds more."""
-
-    __slots__ = ("_origin", "_recorder", "_status_of")
-
-    def __init__(
-        self, recorder: ResultRecorder, status_of: Callable[[EngineError], int], origin: Origin
-    ) -> None:
-        self._recorder = recorder
-        self._status_of = status_of
-        self._origin = origin
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if isinstance(exc, EngineError):
-            row = error_row(self._origin, exc, path="direct", status=self._status_of(exc))
-            await self._recorder.log_result(row)
-        elif isinstance(exc, asyncio.CancelledError):
-            await self._recorder.log_result(closed_row(self._origin, path="direct"))
 
 
 class StreamRecorder(Protocol):
