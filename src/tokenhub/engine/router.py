@@ -337,8 +337,8 @@ class Engine:
 
         The request's deadline needs no timer of its own: each attempt is given the time left when that is
         less than the provider's limit, and its timeout then ends the request, counted against no provider
-        (the deadline was the client's). A timer per request was 2 % of the gateway's CPU under load. Only
-        calls to a spending account's budget, which wait on the store, are bounded by a timer as before."""
+        (the deadline was the client's). A timer per request cost 4.3 us under uvloop, ~2.5 % of the gateway's
+        CPU under load. Only calls on a spending account, whose budget waits on the store, keep the timer."""
         failures: list[UpstreamError] = []
         queue = list(candidates)
         model = queue[0]

@@ -44,7 +44,7 @@ class RequestMiddleware:
                     request_id = value.decode("ascii")
                 break
         if request_id is None:
-            request_id = f"req_{ordered_id()}"  # uuid4().hex's form, at a fraction of its cost
+            request_id = f"req_{ordered_id()}"  # 32 hex digits as uuid4().hex, the time first
         scope.setdefault("state", {})["request_id"] = request_id
         REQUEST_ID.set(request_id)  # for the log lines written while it runs
         id_header = (b"x-request-id", request_id.encode("ascii"))
