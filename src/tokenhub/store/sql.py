@@ -153,8 +153,9 @@ def _sqlite_params(rows: Sequence[RequestLog]) -> tuple[Any, ...]:
     logs) see the same values: times as "YYYY-MM-DD HH:MM:SS.ffffff" in UTC."""
     params: list[Any] = []
     for row in rows:
-        params += _log_values(row)
-        params[_CREATED_AT - len(_LOG_COLUMNS)] = _sqlite_time(row.created_at)
+        values = list(_log_values(row))
+        values[_CREATED_AT] = _sqlite_time(row.created_at)
+        params += values
     return tuple(params)
 
 

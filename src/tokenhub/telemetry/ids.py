@@ -50,4 +50,4 @@ def random_hex(nbytes: int = 16) -> str:
 def ordered_id() -> str:
     """32 hex digits: milliseconds since the epoch (12), then 80 random bits (20). Ids made later sort
     after earlier ones (within a millisecond, in any order); they are as unguessable as their random part."""
-    return f"{time.time_ns() // 1_000_000:012x}{_source.hex(10)}"
+    return f"{time.time_ns() // 1_000_000:012x}{random_hex(10)}"
