@@ -32,6 +32,7 @@ class ServerThread:
         ssl_keyfile: Path | None = None,
         http: type[asyncio.Protocol] | Literal["httptools"] = "httptools",
         proxy_headers: bool = True,
+        timeout_keep_alive: int = 5,
     ) -> None:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -46,6 +47,7 @@ class ServerThread:
             loop="uvloop",
             http=http,
             proxy_headers=proxy_headers,
+            timeout_keep_alive=timeout_keep_alive,
             timeout_graceful_shutdown=5,
             ssl_certfile=ssl_certfile,
             ssl_keyfile=ssl_keyfile,
