@@ -126,9 +126,9 @@ def start_gateway(tmp_path: Path) -> Iterator[Any]:
         options.update(settings)
         if str(options["db_url"]).startswith("sqlite:///"):
             db_path = Path(str(options["db_url"]).removeprefix("sqlite:///"))
-        app = build_app(Settings(**options), load_catalog(config))
+        app, components = build_app(Settings(**options), load_catalog(config))
         server = ServerThread(app, http=http, proxy_headers=False).start()  # as `tokenhub serve` runs
-        gateway = Gateway(url=server.url, db_path=db_path, components=app.state.components, server=server)
+        gateway = Gateway(url=server.url, db_path=db_path, components=components, server=server)
         started.append(gateway)
         return gateway
 

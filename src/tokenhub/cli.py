@@ -90,7 +90,7 @@ def _serve(settings: Settings, catalog: Catalog) -> int:
     from tokenhub.gateway.server import GatewayProtocol
 
     config = uvicorn.Config(
-        build_app(settings, catalog),
+        build_app(settings, catalog)[0],
         host=settings.host,
         port=settings.port,
         loop="uvloop",

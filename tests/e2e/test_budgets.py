@@ -4,6 +4,8 @@ through one gateway or two sharing the database — never spend past the budget;
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import uuid
 from pathlib import Path
 from typing import Any
@@ -229,3 +231,23 @@ def test_a_separate_worker_charges_a_key_made_a_moment_ago_and_refuses_past_its_
     shown = admin.get(f"/keys/{created['id']}").json()
     assert shown["budget_spent_usd"] == pytest.approx(COST) and shown["budget_reserved_usd"] == 0
     assert worker.stop() == 0, worker.log.read_text()
+
+
+def test_a_store_failing_under_a_request_gets_openais_500_body_and_nothing_of_the_failure(
+    budgeted: tuple[Admin, FakeOpenAI],
+) -> None:
+    """An error the error table does not know (here the store's, with the spend table gone) still gets
+    OpenAI's error body and the request's id; its message names nothing internal."""
+    admin, fake = budgeted
+    created = admin.create_key(budget_usd=1.0)
+    db_path = admin.gateway.db_path
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        db.execute("DROP TABLE key_spend")
+        db.commit()
+    response = chat(admin.gateway.url, bearer(created["key"]))
+    assert response.status_code == 500
+    assert response.headers["x-request-id"].startswith("req_")
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "server_error"
+    assert "key_spend" not in error["message"] and "sqlite" not in error["message"].lower()
+    assert fake.requests == []  # the budget could not be reserved, so nothing was spent upstream

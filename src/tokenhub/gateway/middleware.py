@@ -6,25 +6,29 @@ import re
 import time
 from collections.abc import Mapping
 
+import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokenhub.engine.upstream_time import start_clock
+from tokenhub.gateway.errors import reply_for
 from tokenhub.telemetry import Metrics
 from tokenhub.telemetry.ids import ordered_id
 from tokenhub.telemetry.logging import REQUEST_ID
 
 _VALID_ID = re.compile(rb"^[\x21-\x7e]{1,128}$")
 _DISPATCH = b"x-tokenhub-dispatch"
+log = structlog.get_logger(__name__)
 
 
 class RequestMiddleware:
-    """What every request gets first and last.
+    """What every request gets first and last, and the answer to what escapes the app.
 
     An id — the client's ``X-Request-Id`` when it is sane, else a new one — bound to the log context,
     stored in ``scope["state"]["request_id"]`` and returned as ``x-request-id``. And the gateway's own time:
     ``x-tokenhub-overhead-ms`` is the time from here to the response's start minus what the request waited
     on upstreams (the first token, for streams); for dispatched requests it is also observed in the
-    ``tokenhub_overhead_ms`` histogram, by dispatch path.
+    ``tokenhub_overhead_ms`` histogram, by dispatch path. An exception that escapes before the response
+    started is logged and answered with the error table's reply (an opaque 500 for the unknown).
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
@@ -48,9 +52,12 @@ class RequestMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         REQUEST_ID.set(request_id)  # for the log lines written while it runs
         id_header = (b"x-request-id", request_id.encode("ascii"))
+        started_response = False
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
+                nonlocal started_response
+                started_response = True
                 overhead_ms = max(0.0, (time.perf_counter() - started - clock.seconds) * 1000)
                 headers = [*message.get("headers", ()), id_header]
                 headers.append((b"x-tokenhub-overhead-ms", b"%.3f" % overhead_ms))
@@ -61,7 +68,16 @@ class RequestMiddleware:
                         break
             await send(message)
 
-        await self.app(scope, receive, sending)
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if started_response:
+                raise  # too late to answer: the server closes the connection
+            log.error("unhandled_error", path=scope["path"], exc_info=exc)
+            reply = reply_for(exc)
+            head = reply.header_list()
+            await sending({"type": "http.response.start", "status": reply.status, "headers": head})
+            await sending({"type": "http.response.body", "body": reply.body_bytes()})
 
 
 class PostRoutes:
