@@ -93,6 +93,20 @@ async def test_writer_batches_and_flushes_everything_on_close(store: SQLStore) -
     assert len(await store.request_logs(limit=100)) == 20
 
 
+async def test_a_full_writer_makes_the_request_wait_for_room_and_loses_nothing(store: SQLStore) -> None:
+    writer = RequestLogWriter(store, flush_interval_s=60.0, max_batch=2, max_queue=3)
+    await writer.start()
+    for i in range(3):
+        await writer.write(row(i))
+    waiting = asyncio.ensure_future(writer.write(row(3)))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # the queue is full: the fourth row waits, it is not dropped
+    await writer.flush()
+    await asyncio.wait_for(waiting, 5)
+    await writer.aclose()
+    assert sorted(r.request_id for r in await store.request_logs(limit=10)) == [f"req-{i}" for i in range(4)]
+
+
 class WatchedStore:
     """The real store, with a signal once a write is under way."""
 

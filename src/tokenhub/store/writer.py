@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 
 import structlog
 
@@ -27,7 +28,11 @@ class RequestLogWriter:
         self._store = store
         self._interval = flush_interval_s
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[RequestLog] = asyncio.Queue(max_queue)
+        self._max_queue = max_queue
+        # A deque and the writers waiting for room, not an asyncio.Queue: its put_nowait and get_nowait
+        # are five Python calls each, on every request.
+        self._queue: deque[RequestLog] = deque()
+        self._room: deque[asyncio.Future[None]] = deque()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         # A batch whose write failed; it is written again before anything newer.
@@ -38,24 +43,32 @@ class RequestLogWriter:
             self._task = asyncio.create_task(self._run(), name="request-log-writer")
 
     async def write(self, row: RequestLog) -> None:
-        try:
-            self._queue.put_nowait(row)
-        except asyncio.QueueFull:  # only then the wait for room (the coroutine cost every request)
-            await self._queue.put(row)
+        while len(self._queue) >= self._max_queue:  # only then a wait, for a flush to make room
+            room = asyncio.get_running_loop().create_future()
+            self._room.append(room)
+            await room
+        self._queue.append(row)
 
     async def flush(self) -> None:
         """Write everything queued so far, now. Rows queued while it writes wait for the next flush: under
         steady load, chasing them kept the writer busy with batches of a few rows, one after the other
         (measured: 8 rows a batch instead of 200, and ~0.27 ms more gateway CPU per request)."""
         async with self._lock:
-            left = self._queue.qsize()
+            left = len(self._queue)
             while self._pending or left:
                 if not self._pending:
                     count = min(self._max_batch, left)
-                    self._pending = [self._queue.get_nowait() for _ in range(count)]
+                    self._pending = [self._queue.popleft() for _ in range(count)]
                     left -= count
+                    self._make_room()
                 await self._store.write_request_logs(self._pending)
                 self._pending = []
+
+    def _make_room(self) -> None:
+        while self._room and len(self._queue) < self._max_queue:
+            room = self._room.popleft()
+            if not room.done():
+                room.set_result(None)
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -68,10 +81,10 @@ class RequestLogWriter:
             self._task = None
         try:
             async with asyncio.timeout(SHUTDOWN_FLUSH_S):
-                while not self._queue.empty() or self._pending:
+                while self._queue or self._pending:
                     await self.flush()
         except Exception:  # a database that is down at shutdown must not hang it; say what is lost
-            log.exception("request_logs_lost_at_shutdown", rows=self._queue.qsize() + len(self._pending))
+            log.exception("request_logs_lost_at_shutdown", rows=len(self._queue) + len(self._pending))
 
     async def _run(self) -> None:
         failures = 0
@@ -82,4 +95,4 @@ class RequestLogWriter:
                 failures = 0
             except Exception:
                 failures += 1
-                log.exception("request_log_write_failed", queued=self._queue.qsize(), attempt=failures)
+                log.exception("request_log_write_failed", queued=len(self._queue), attempt=failures)
