@@ -42,10 +42,7 @@ def upstream_chunk(
 
 
 def feed_all(norm: ChunkNormaliser, chunks: Iterable[Chunk]) -> list[Chunk]:
-    out: list[Chunk] = []
-    for chunk in chunks:
-        out.extend(norm.feed(chunk))
-    return out
+    return norm.feed_all(list(chunks))
 
 
 def deltas(chunks: list[Chunk], index: int = 0) -> list[dict[str, Any]]:
@@ -108,6 +105,19 @@ def test_an_upstream_without_id_or_created_gets_one_generated_for_the_whole_stre
     assert ids.pop().startswith("chatcmpl-")
     assert len(createds) == 1
     assert isinstance(createds.pop(), int)
+
+
+def test_a_choices_other_keys_pass_through_before_its_finish_reason() -> None:
+    logprobs = {"content": [{"token": "a", "logprob": -0.1, "top_logprobs": []}]}
+    with_logprobs = upstream_chunk({"content": "a"})
+    with_logprobs["choices"][0]["logprobs"] = logprobs
+    out = feed_all(normaliser(), [upstream_chunk({"content": ""}), with_logprobs, upstream_chunk({}, "stop")])
+    assert [list(c["choices"][0]) for c in out] == [
+        ["index", "delta", "finish_reason"],
+        ["index", "delta", "logprobs", "finish_reason"],
+        ["index", "delta", "finish_reason"],
+    ]
+    assert out[1]["choices"][0]["logprobs"] == logprobs
 
 
 def test_the_first_system_fingerprint_is_kept_on_every_chunk() -> None:

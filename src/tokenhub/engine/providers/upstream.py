@@ -89,7 +89,9 @@ class UpstreamResponse:
                     line = raw.rstrip(b"\r")
                     if not line:
                         if data:
-                            batch.append(SSEEvent(event or "message", b"\n".join(data)))
+                            joined = data[0] if len(data) == 1 else b"\n".join(data)
+                            # tuple.__new__: the named tuple's own __new__ is a Python function
+                            batch.append(tuple.__new__(SSEEvent, (event or "message", joined)))
                             if len(batch) == cap:  # the first tokens of a burst go out first
                                 yield batch
                                 batch, cap = [], MAX_BATCH_EVENTS
