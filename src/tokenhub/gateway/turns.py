@@ -20,11 +20,12 @@ from collections.abc import Callable
 # Measured at concurrency 64 on the bench machine, 200-token streams (a new stream's time from entering the
 # gateway to its first byte / gateway CPU per stream): every stream through each turn, 13 ms / 1.38 ms;
 # turns near 1 ms, 2.3 ms / 1.51 ms; near 0.3 ms, 1.1 ms / 1.61 ms (an Intel VM). On an AMD EPYC VM, with
-# batches of at most 16 events (engine/providers/upstream.py) instead of 64, 50 us turns — one stream's
-# batch a turn under load — took the first token's added time from 1.8-3.4 to 1.5-1.8 ms (bench, four
-# alternations) for ~8 % more CPU per bursting stream: the two waits on the loop in a new stream's path
-# (its task's start, its upstream's answer waking it) are each about one turn.
-TURN_S = 0.00005
+# batches of at most 16 events (engine/providers/upstream.py) instead of 64, 0.1 ms turns took the first
+# token's added time from 1.7-3.2 to 1.4-1.7 ms (bench, alternating with the 0.3 ms / 64 code) for ~10 %
+# more CPU per bursting stream: a new stream waits on the loop twice (its task's start, its upstream's
+# answer waking it), each about one turn. 50 us turns were no faster to the first token, and with 500
+# streams open spread their durations more (added 521-1342 against 721-808 ms, three runs each).
+TURN_S = 0.0001
 
 
 class StreamTurns:
