@@ -221,24 +221,22 @@ def test_http_1_0_and_connection_close_end_the_connection(server: ServerThread) 
             reader.close()
 
 
-def test_a_request_that_does_not_parse_gets_400_and_the_connection_closes(
-    conn: tuple[socket.socket, BinaryIO],
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "message"),
+    [
+        (b"POST /echo HTTP/1.1\r\nContent-Length: nope\r\n\r\n", 400, b"Invalid HTTP request received."),
+        (post("/boom", b""), 500, b"Internal Server Error"),  # the app raised
+        (post("/nothing", b""), 500, b"Internal Server Error"),  # the app returned without answering
+    ],
+    ids=["does not parse", "app fails", "app does not answer"],
+)
+def test_a_request_the_server_cannot_serve_gets_an_error_and_the_connection_closes(
+    conn: tuple[socket.socket, BinaryIO], request_bytes: bytes, status: int, message: bytes
 ) -> None:
     sock, reader = conn
-    sock.sendall(b"POST /echo HTTP/1.1\r\nContent-Length: nope\r\n\r\n")
-    status, headers, body = read_response(reader)
-    assert status == 400 and headers["connection"] == "close" and body == b"Invalid HTTP request received."
-    assert closed(sock)
-
-
-@pytest.mark.parametrize("path", ["/boom", "/nothing"])
-def test_an_app_that_fails_or_does_not_answer_gets_500(
-    conn: tuple[socket.socket, BinaryIO], path: str
-) -> None:
-    sock, reader = conn
-    sock.sendall(post(path, b""))
-    status, headers, body = read_response(reader)
-    assert status == 500 and headers["connection"] == "close" and body == b"Internal Server Error"
+    sock.sendall(request_bytes)
+    answered, headers, body = read_response(reader)
+    assert (answered, headers["connection"], body) == (status, "close", message)
     assert closed(sock)
 
 

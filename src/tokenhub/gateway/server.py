@@ -86,7 +86,7 @@ def _header_name(name: bytes) -> bytes:
     return checked
 
 
-class Exchange:
+class RequestCycle:
     """One request on a connection and the response to it: the ASGI ``receive`` and ``send``."""
 
     __slots__ = (
@@ -314,8 +314,8 @@ class GatewayProtocol(asyncio.Protocol):
         self._keep_alive_s = config.timeout_keep_alive
         self._keep_alive: asyncio.TimerHandle | None = None
         self._lost = ConnectionLost()
-        self._pipeline: deque[tuple[Exchange, Callable[..., Any]]] = deque()
-        self._exchange: Exchange | None = None
+        self._pipeline: deque[tuple[RequestCycle, Callable[..., Any]]] = deque()
+        self._cycle: RequestCycle | None = None
         self._defaults: list[tuple[bytes, bytes]] | None = None  # the server's list the lines came from
         self._default_lines = b""
         # Per connection, set when it is made
@@ -341,11 +341,11 @@ class GatewayProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._state.connections.discard(self)
-        exchange = self._exchange
-        if exchange is not None:
-            if not exchange.response_complete:
-                exchange.disconnected = True
-            exchange.wake()
+        cycle = self._cycle
+        if cycle is not None:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+            cycle.wake()
         if self._flow is not None:
             self._flow.resume_writing()
         if exc is None:
@@ -377,10 +377,10 @@ class GatewayProtocol(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """The server is stopping: close an idle connection, finish the response in flight first."""
-        if self._exchange is None or self._exchange.response_complete:
+        if self._cycle is None or self._cycle.response_complete:
             self._transport.close()
         else:
-            self._exchange.keep_alive = False
+            self._cycle.keep_alive = False
 
     # httptools' parser
 
@@ -436,8 +436,8 @@ class GatewayProtocol(asyncio.Protocol):
         if defaults is not self._defaults:  # uvicorn makes a new list each second, for its date
             self._defaults = defaults
             self._default_lines = b"".join(b"%s: %s\r\n" % pair for pair in defaults)
-        previous = self._exchange
-        self._exchange = exchange = Exchange(
+        previous = self._cycle
+        self._cycle = cycle = RequestCycle(
             scope,
             self._transport,
             self._flow,
@@ -448,33 +448,29 @@ class GatewayProtocol(asyncio.Protocol):
             on_complete=self._response_complete,
         )
         if previous is None or previous.response_complete:
-            self._start(exchange, app)
+            self._start(cycle, app)
         else:  # pipelined: it waits for the responses before it
             self._flow.pause_reading()
-            self._pipeline.appendleft((exchange, app))
+            self._pipeline.appendleft((cycle, app))
 
     def on_body(self, body: bytes) -> None:
-        exchange = self._exchange
-        if (
-            exchange is not None
-            and not exchange.response_complete
-            and exchange.add_body(body) > HIGH_WATER_LIMIT
-        ):
+        cycle = self._cycle
+        if cycle is not None and not cycle.response_complete and cycle.add_body(body) > HIGH_WATER_LIMIT:
             self._flow.pause_reading()
 
     def on_message_complete(self) -> None:
-        exchange = self._exchange
-        if exchange is not None and not exchange.response_complete:
-            exchange.more_body = False
-            exchange.wake()
+        cycle = self._cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.more_body = False
+            cycle.wake()
 
     # the rest
 
-    def _start(self, exchange: Exchange, app: Callable[..., Any]) -> None:
+    def _start(self, cycle: RequestCycle, app: Callable[..., Any]) -> None:
         if self._fresh_context:  # uvicorn's opt-in: no context leaks from the server into requests
-            task = self._loop.create_task(exchange.run_asgi(app), context=contextvars.Context())
+            task = self._loop.create_task(cycle.run_asgi(app), context=contextvars.Context())
         else:
-            task = self._loop.create_task(exchange.run_asgi(app))
+            task = self._loop.create_task(cycle.run_asgi(app))
         task.add_done_callback(self._state.tasks.discard)
         self._state.tasks.add(task)
 
@@ -485,8 +481,8 @@ class GatewayProtocol(asyncio.Protocol):
         self._stop_keep_alive()
         self._flow.resume_reading()
         if self._pipeline:
-            exchange, app = self._pipeline.pop()
-            self._start(exchange, app)
+            cycle, app = self._pipeline.pop()
+            self._start(cycle, app)
         else:
             self._keep_alive = self._loop.call_later(self._keep_alive_s, self._idle_too_long)
 
