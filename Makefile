@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check clean bench bench-quick
+.PHONY: run test lint typecheck check clean bench bench-quick ab
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.run --quick
+
+# The work tree's CPU a request against BASE's, both gateways loaded at once (bench/ab.py): `make ab BASE=main`.
+ab: $(STAMP)
+	$(BIN)/python -m bench.ab --base $(or $(BASE),HEAD)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build src/*.egg-info
