@@ -59,16 +59,13 @@ class AccessControl:
             return
         needed = SCOPES.get(path) or ("models" if path.startswith("/v1/models/") else None)
         if needed is not None and needed not in key.scopes:
-            await _reply(
-                send,
-                ErrorReply(
-                    403,
-                    f"This API key does not have the '{needed}' scope.",
-                    "permission_error",
-                    "insufficient_scope",
-                    headers=_NO_RETRY,
-                ),
-            )
+            await ErrorReply(
+                403,
+                f"This API key does not have the '{needed}' scope.",
+                "permission_error",
+                "insufficient_scope",
+                headers=_NO_RETRY,
+            ).send(send)
             return
         limits = await self._limits(key)
         refused = next((d for _, d in limits if not d.allowed), None)
@@ -82,7 +79,7 @@ class AccessControl:
                 retry_after=refused.retry_after_s,
                 headers=dict(headers),
             )
-            await _reply(send, reply)
+            await reply.send(send)
             return
         scope.setdefault("state", {})["api_key"] = key
         await self.app(scope, receive, _with_headers(send, headers))
@@ -110,7 +107,7 @@ class AccessControl:
                 "invalid_api_key",
                 headers=_NO_RETRY,
             )
-        await _reply(send, reply)
+        await reply.send(send)
 
     async def _limits(self, key: ApiKeyRow) -> list[tuple[str, RateDecision]]:
         limits = []
@@ -162,11 +159,6 @@ def _with_headers(send: Send, headers: list[tuple[str, str]]) -> Send:
         await send(message)
 
     return sending
-
-
-async def _reply(send: Send, reply: ErrorReply) -> None:
-    await send({"type": "http.response.start", "status": reply.status, "headers": reply.header_list()})
-    await send({"type": "http.response.body", "body": reply.body_bytes()})
 
 
 async def _nothing(scope: object, receive: object, send: object) -> None:

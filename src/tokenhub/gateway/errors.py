@@ -7,11 +7,12 @@ Anything not in the table is a 500 ``server_error`` whose message carries no int
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
+from starlette.types import Send
 
 from tokenhub.engine import (
     EngineError,
@@ -68,6 +69,12 @@ class ErrorReply:
         if 400 <= self.status < 500 and self.status not in (408, 409, 429):
             headers.setdefault("x-should-retry", "false")
         return [(k.encode(), v.encode()) for k, v in headers.items()]
+
+    async def send(self, send: Send, extra: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        """Answer with this reply, as plain ASGI; ``extra`` headers after its own."""
+        headers = [*self.header_list(), *extra]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body_bytes()})
 
 
 def _invalid(exc: InvalidRequest) -> ErrorReply:

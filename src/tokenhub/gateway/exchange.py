@@ -83,7 +83,7 @@ class Endpoint(ABC):
             body = await read_body(scope, receive, self._max_body)
             await self.handle(scope, receive, send, body, report)
         except EngineError as exc:
-            await send_error(send, exc, dispatch_headers(report) if report.decided else [])
+            await reply_for(exc).send(send, dispatch_headers(report) if report.decided else [])
         except ClientGone:
             return
 
@@ -130,13 +130,6 @@ def dispatch_headers(report: DispatchReport) -> list[tuple[bytes, bytes]]:
     if report.replayed:
         headers.append((b"x-tokenhub-idempotency-replay", b"true"))
     return headers
-
-
-async def send_error(send: Send, exc: BaseException, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    reply = reply_for(exc)
-    headers = [*reply.header_list(), *(extra or ())]
-    await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-    await send({"type": "http.response.body", "body": reply.body_bytes()})
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

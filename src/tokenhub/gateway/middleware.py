@@ -74,10 +74,7 @@ class RequestMiddleware:
             if started_response:
                 raise  # too late to answer: the server closes the connection
             log.error("unhandled_error", path=scope["path"], exc_info=exc)
-            reply = reply_for(exc)
-            head = reply.header_list()
-            await sending({"type": "http.response.start", "status": reply.status, "headers": head})
-            await sending({"type": "http.response.body", "body": reply.body_bytes()})
+            await reply_for(exc).send(sending)
 
 
 class PostRoutes:

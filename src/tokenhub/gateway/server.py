@@ -75,6 +75,10 @@ def _nothing() -> None:
     pass
 
 
+def _header_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
+    return b"".join(b"%s: %s\r\n" % pair for pair in headers)
+
+
 def _header_name(name: bytes) -> bytes:
     checked = _CHECKED_NAMES.get(name)
     if checked is None:
@@ -435,7 +439,7 @@ class GatewayProtocol(asyncio.Protocol):
         defaults = self._state.default_headers
         if defaults is not self._defaults:  # uvicorn makes a new list each second, for its date
             self._defaults = defaults
-            self._default_lines = b"".join(b"%s: %s\r\n" % pair for pair in defaults)
+            self._default_lines = _header_lines(defaults)
         previous = self._cycle
         self._cycle = cycle = RequestCycle(
             scope,
@@ -501,7 +505,7 @@ class GatewayProtocol(asyncio.Protocol):
             b"".join(
                 [
                     STATUS_LINE[400],
-                    b"".join(b"%s: %s\r\n" % pair for pair in self._state.default_headers),
+                    _header_lines(self._state.default_headers),
                     b"content-type: text/plain; charset=utf-8\r\n",
                     b"content-length: %d\r\n" % len(body),
                     b"connection: close\r\n\r\n",
