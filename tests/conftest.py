@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from tests.fakes.anthropic_upstream import FakeAnthropic
@@ -61,6 +62,25 @@ def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSer
         yield server
     finally:
         server.stop()
+
+
+_SDK_CLIENTS: list[openai.OpenAI] = []
+
+
+def sdk_client(base_url: str, api_key: str = "unused", **options: Any) -> openai.OpenAI:
+    """The openai SDK's client, without retries, closed when the test ends. Left to the collector (the
+    client is in a reference cycle), its pooled socket could be finalized before the client closed it, and
+    pytest then failed a later test, or the whole run at exit, on the unclosed-socket warning."""
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, **options)
+    _SDK_CLIENTS.append(client)
+    return client
+
+
+@pytest.fixture(autouse=True)
+def _close_sdk_clients() -> Iterator[None]:
+    yield
+    while _SDK_CLIENTS:
+        _SDK_CLIENTS.pop().close()
 
 
 def wait_until(predicate: Any, timeout: float = 20.0, what: str = "condition") -> None:

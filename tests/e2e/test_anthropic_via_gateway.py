@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import sdk_client
 from tests.fakes.anthropic_upstream import (
     FakeAnthropic,
     Reply,
@@ -54,7 +55,7 @@ def claude(
     fake, anthropic_url = fake_anthropic
     backup, openai_url = fake_openai
     gateway = start_gateway(CATALOG.format(anthropic=anthropic_url, openai=openai_url))
-    client = openai.OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0, timeout=20)
+    client = sdk_client(gateway.v1, timeout=20)
     return fake, backup, gateway, client
 
 

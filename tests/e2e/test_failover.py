@@ -11,6 +11,7 @@ import openai
 import orjson
 import pytest
 
+from tests.conftest import sdk_client
 from tests.fakes.openai_upstream import FakeOpenAI, Reply, error_body, text_chunks
 from tokenhub.gateway.server import GatewayProtocol
 
@@ -59,7 +60,7 @@ def served_pair(
 
 
 def client_for(gateway: Any) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0, timeout=20)
+    return sdk_client(gateway.v1, timeout=20)
 
 
 def test_server_errors_fail_over_to_the_next_model(pair: Any) -> None:

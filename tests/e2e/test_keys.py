@@ -12,7 +12,7 @@ import openai
 import pytest
 
 from tests.admin_client import ADMIN, SECRET, Admin
-from tests.conftest import wait_until
+from tests.conftest import sdk_client, wait_until
 from tests.fakes.openai_upstream import FakeOpenAI
 
 CATALOG = """
@@ -148,7 +148,7 @@ def test_each_scope_opens_its_own_endpoints(admin: Admin) -> None:
 
 def test_a_key_sees_and_reaches_only_its_models(admin: Admin) -> None:
     secret = admin.create_key(models=["m1"])["key"]
-    client = openai.OpenAI(base_url=f"{admin.gateway.url}/v1", api_key=secret, max_retries=0)
+    client = sdk_client(f"{admin.gateway.url}/v1", api_key=secret)
 
     assert [m.id for m in client.models.list()] == ["m1"]
     with pytest.raises(openai.NotFoundError):

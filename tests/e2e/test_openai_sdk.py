@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import sdk_client
 from tests.fakes.openai_upstream import FakeOpenAI, Reply, completion, error_body, text_chunks
 
 CATALOG = """
@@ -33,7 +34,7 @@ MESSAGES: list[Any] = [{"role": "user", "content": "hello there"}]
 def setup(fake_openai: tuple[FakeOpenAI, str], start_gateway: Any) -> tuple[FakeOpenAI, Any, openai.OpenAI]:
     fake, url = fake_openai
     gateway = start_gateway(CATALOG.format(url=url))
-    client = openai.OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0, timeout=20)
+    client = sdk_client(gateway.v1, timeout=20)
     return fake, gateway, client
 
 
@@ -218,7 +219,7 @@ def test_unknown_model_is_404(setup: Any) -> None:
 def test_body_too_large_is_413(fake_openai: tuple[FakeOpenAI, str], start_gateway: Any) -> None:
     _, url = fake_openai
     gateway = start_gateway(CATALOG.format(url=url), max_body_bytes=2048)
-    client = openai.OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0)
+    client = sdk_client(gateway.v1)
     with pytest.raises(openai.APIStatusError) as caught:
         client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "x" * 5000}])
     assert caught.value.status_code == 413
@@ -273,7 +274,7 @@ def test_the_client_gets_the_completion_the_upstream_sent_with_our_model_name(se
 def test_upstream_timeout_is_504(fake_openai: tuple[FakeOpenAI, str], start_gateway: Any) -> None:
     fake, url = fake_openai
     gateway = start_gateway(CATALOG.format(url=url), provider_timeout_secs=0.3)
-    client = openai.OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0)
+    client = sdk_client(gateway.v1)
     fake.push(Reply(delay=3.0))
     with pytest.raises(openai.InternalServerError) as caught:
         client.chat.completions.create(model="gpt-test", messages=MESSAGES)

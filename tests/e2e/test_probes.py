@@ -9,6 +9,7 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import sdk_client
 from tests.fakes.openai_upstream import FakeOpenAI, Reply, error_body
 
 CATALOG = """
@@ -58,7 +59,7 @@ def test_metrics_count_requests_tokens_cost_and_errors(
 ) -> None:
     fake, url = fake_openai
     gateway = start_gateway(CATALOG.format(url=url))
-    client = openai.OpenAI(base_url=gateway.v1, api_key="unused", max_retries=0)
+    client = sdk_client(gateway.v1)
     client.chat.completions.create(model="m1", messages=[{"role": "user", "content": "hi"}])
     fake.push(Reply(status=429, body=error_body("busy"), headers={"retry-after": "1"}))
     with pytest.raises(openai.RateLimitError):
