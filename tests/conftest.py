@@ -10,13 +10,14 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from tests.fakes.anthropic_upstream import FakeAnthropic
@@ -25,6 +26,8 @@ from tests.fakes.server import ServerThread
 from tests.temporal_server import DevServer, free_port
 from tokenhub.app import Components, build_app
 from tokenhub.config import Settings, load_catalog
+from tokenhub.engine.providers.base import Chunk, ContentChunk, UpstreamChunk
+from tokenhub.engine.streaming import OutChunk
 from tokenhub.gateway.server import GatewayProtocol
 from tokenhub.telemetry import configure_logging
 
@@ -62,6 +65,16 @@ def temporal_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevSer
         yield server
     finally:
         server.stop()
+
+
+def parsed(chunks: Iterable[UpstreamChunk]) -> list[Chunk]:
+    """A provider's chunks as dicts: a ``ContentChunk`` parsed."""
+    return [chunk.parsed() if isinstance(chunk, ContentChunk) else chunk for chunk in chunks]
+
+
+def as_sent(chunks: Iterable[OutChunk]) -> list[Chunk]:
+    """The normaliser's chunks as the client reads them: those written as JSON already, parsed."""
+    return [orjson.loads(chunk) if isinstance(chunk, bytes) else chunk for chunk in chunks]
 
 
 _SDK_CLIENTS: list[openai.OpenAI] = []

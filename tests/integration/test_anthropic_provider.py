@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from tests.conftest import as_sent
 from tests.fakes.anthropic_upstream import (
     FakeAnthropic,
     Reply,
@@ -199,7 +200,7 @@ async def test_stream_through_the_normaliser_keeps_openai_invariants(
     normaliser = ChunkNormaliser(model_id="our-claude", include_usage=True, prompt_tokens_estimate=1)
     out: list[Chunk] = []
     async for batch in provider.stream(request, TARGET, TIMEOUT):
-        out += [normalised for chunk in batch for normalised in normaliser.feed(chunk)]
+        out += as_sent(normalised for chunk in batch for normalised in normaliser.feed(chunk))
     out += normaliser.finish()
 
     assert len({chunk["id"] for chunk in out}) == 1

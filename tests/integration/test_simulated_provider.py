@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import as_sent
 from tokenhub.config import SimulatedOptions
 from tokenhub.engine import ChatRequest, Target, UpstreamError
 from tokenhub.engine.providers import SimulatedProvider
@@ -48,7 +49,7 @@ async def test_time_to_first_token_and_rate_are_honoured() -> None:
     # performance bound; nothing here asserts how fast the machine is).
     assert elapsed >= 0.19
     normaliser = ChunkNormaliser(model_id="sim-model", include_usage=True, prompt_tokens_estimate=0)
-    out = [o for c in chunks for o in normaliser.feed(c)] + normaliser.finish()
+    out = as_sent([o for c in chunks for o in normaliser.feed(c)]) + normaliser.finish()
     assert out[-1]["usage"]["completion_tokens"] == 10
     assert [o["choices"][0]["finish_reason"] for o in out[:-1]][-1] == "length"
 

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import as_sent
 from tokenhub.engine import UpstreamError
-from tokenhub.engine.providers.base import Chunk
+from tokenhub.engine.providers.base import Chunk, ContentChunk
 from tokenhub.engine.streaming import ChunkNormaliser
 
 PROMPT_ESTIMATE = 11
@@ -42,7 +43,7 @@ def upstream_chunk(
 
 
 def feed_all(norm: ChunkNormaliser, chunks: Iterable[Chunk]) -> list[Chunk]:
-    return norm.feed_all(list(chunks))
+    return as_sent(norm.feed_all(list(chunks)))
 
 
 def deltas(chunks: list[Chunk], index: int = 0) -> list[dict[str, Any]]:
@@ -451,10 +452,18 @@ def test_two_choices_in_one_upstream_chunk_stay_in_one_chunk() -> None:
         ],
     }
 
-    out = normaliser().feed(both)
+    out = as_sent(normaliser().feed(both))
 
     assert len(out) == 1
     assert [(c["index"], c["delta"]) for c in out[0]["choices"]] == [
         (0, {"role": "assistant", "content": "a"}),
         (1, {"role": "assistant", "content": "b"}),
     ]
+
+
+def test_text_passed_on_unparsed_to_a_choice_not_started_gets_its_role_once() -> None:
+    template = upstream_chunk({"content": "a"})
+    norm = normaliser()
+    out = as_sent(norm.feed_all([ContentChunk(template, b'"a"', 1), ContentChunk(template, b'"b c"', 3)]))
+    assert deltas(out) == [{"role": "assistant", "content": "a"}, {"content": "b c"}]
+    assert norm.tokens().output_tokens == 1  # (1 + 3 characters + 3) // 4

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
@@ -34,7 +34,7 @@ from tokenhub.engine.orchestration import (
     OrchestrationResult,
     orchestrate,
 )
-from tokenhub.engine.providers.base import Chunk, estimate_tokens
+from tokenhub.engine.providers.base import UpstreamChunk, estimate_tokens
 from tokenhub.engine.registry import ModelSpec, Registry
 from tokenhub.engine.scoring import (
     CONTEXT_SAFETY,
@@ -280,13 +280,15 @@ class Engine:
 
         reserved: dict[str, Reservation | None] = {}
 
-        async def attempt(model: ModelSpec, timeout: float) -> tuple[AsyncIterator[list[Chunk]], list[Chunk]]:
+        async def attempt(
+            model: ModelSpec, timeout: float
+        ) -> tuple[AsyncIterator[Sequence[UpstreamChunk]], list[UpstreamChunk]]:
             provider = self.registry.provider(model.provider_id)
             capped = _within_budget(request, output_cap(model, policy, estimate))
             reservation = reserved[model.id] = await self._reserve(policy, model, estimate, capped)
             # Each chunk's wait is the provider's limit; ``timeout`` bounds the wait for the first token.
             upstream = aiter(provider.stream(capped, model.target, self._limits.attempt))
-            prefix: list[Chunk] = []
+            prefix: list[UpstreamChunk] = []
             committed = False
             waiting = time.monotonic()
             try:

@@ -11,16 +11,22 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
+import orjson
+
 from tokenhub.engine.errors import UpstreamError
-from tokenhub.engine.providers.base import Chunk
+from tokenhub.engine.providers.base import Chunk, ContentChunk, UpstreamChunk
 from tokenhub.engine.registry import ModelSpec
 from tokenhub.engine.types import Decision, TokenCount
 
 # A choice's keys the normaliser writes itself; any others (logprobs, …) pass through between them.
 _OWN_KEYS = frozenset(("index", "delta", "finish_reason"))
+_BLANK_CONTENT = b'"content":""'
+
+OutChunk = Chunk | bytes
+"""A chunk to send: a dict, or its JSON already written."""
 
 
 class ChunkNormaliser:
@@ -39,19 +45,52 @@ class ChunkNormaliser:
         self._chars = 0
         self.usage: dict[str, Any] | None = None
         self._envelope_keys: Chunk = {}  # every chunk's keys before ``choices``, set by the first chunk
+        # For a ContentChunk of this template, in a choice started and not finished: the JSON around its text.
+        self._plain: Chunk | None = None
+        self._plain_index = 0
+        self._plain_head = b""
+        self._plain_tail = b""
 
     @property
     def finish_reason(self) -> str | None:
         return self._finished.get(0) or next(iter(self._finished.values()), None)
 
-    def feed_all(self, chunks: list[Chunk]) -> list[Chunk]:
+    def feed_all(self, chunks: Iterable[UpstreamChunk]) -> list[OutChunk]:
         """``feed`` for each of ``chunks``, in order: the chunks to send for all of them."""
-        out = []
+        out: list[OutChunk] = []
         for chunk in chunks:
             out += self.feed(chunk)
         return out
 
-    def feed(self, chunk: Chunk) -> list[Chunk]:
+    def feed(self, chunk: UpstreamChunk) -> Sequence[OutChunk]:
+        if isinstance(chunk, ContentChunk):
+            if chunk.template is self._plain:
+                if self._plain_index in self._finished:
+                    return []
+                self._chars += chunk.chars
+                return [self._plain_head + chunk.literal + self._plain_tail]
+            return self._first_of(chunk)
+        return self._feed(chunk)
+
+    def _first_of(self, content: ContentChunk) -> Sequence[OutChunk]:
+        """A ContentChunk of a new template, normalised as parsed; if its choice had started, what is sent
+        for it is the JSON around its text for every later one (the same chunk, the same state)."""
+        chunk = content.parsed()
+        index = chunk["choices"][0].get("index", 0)
+        steady = index in self._started and index not in self._finished
+        out = self._feed(chunk)
+        if steady and len(out) == 1:
+            sent = out[0]
+            choice = sent["choices"][0]
+            blank_choice = {**choice, "delta": {**choice["delta"], "content": ""}}
+            blank = orjson.dumps({**sent, "choices": [blank_choice]})
+            if blank.count(_BLANK_CONTENT) == 1:
+                head, _, tail = blank.partition(_BLANK_CONTENT)
+                self._plain, self._plain_index = content.template, index
+                self._plain_head, self._plain_tail = head + b'"content":', tail
+        return out
+
+    def _feed(self, chunk: Chunk) -> list[Chunk]:
         if self._id is None:
             self._id = str(chunk.get("id") or f"chatcmpl-{uuid.uuid4().hex}")
             created = chunk.get("created")
@@ -186,8 +225,8 @@ class ChatStream:
     def __init__(
         self,
         *,
-        upstream: AsyncIterator[list[Chunk]],
-        prefix: list[Chunk],
+        upstream: AsyncIterator[Sequence[UpstreamChunk]],
+        prefix: list[UpstreamChunk],
         normaliser: ChunkNormaliser,
         model: ModelSpec,
         decision: Decision,
@@ -210,10 +249,10 @@ class ChatStream:
         self._on_close = on_close
         self._iterator = self._iterate()
 
-    def __aiter__(self) -> AsyncIterator[list[Chunk]]:
+    def __aiter__(self) -> AsyncIterator[list[OutChunk]]:
         return self._iterator
 
-    async def _iterate(self) -> AsyncGenerator[list[Chunk], None]:
+    async def _iterate(self) -> AsyncGenerator[list[OutChunk], None]:
         feed_all = self._normaliser.feed_all
         try:
             prefix, self._prefix = self._prefix, []
@@ -222,8 +261,8 @@ class ChatStream:
             async for batch in self._upstream:
                 if out := feed_all(batch):
                     yield out
-            if out := self._normaliser.finish():
-                yield out
+            if final := self._normaliser.finish():
+                yield [*final]
             self.completed = True
         except UpstreamError as exc:
             self._on_error(exc)
@@ -255,9 +294,11 @@ class ChatStream:
         return self._model.cost_usd(tokens.input_tokens, tokens.output_tokens)
 
 
-def is_substantive(chunk: Chunk) -> bool:
+def is_substantive(chunk: UpstreamChunk) -> bool:
     """Whether a chunk commits the stream: it carries content, a tool call, or a finish_reason.
     Role-only and empty chunks are held back so a failure right after them can still fail over."""
+    if isinstance(chunk, ContentChunk):
+        return chunk.literal != b'""'
     for choice in chunk.get("choices") or ():
         if not isinstance(choice, dict):
             continue

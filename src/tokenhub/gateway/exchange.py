@@ -20,8 +20,8 @@ from starlette.types import Receive, Scope, Send
 
 from tokenhub.engine import ChatRequest, Decision, EngineError, Policy, Routed, UpstreamError
 from tokenhub.engine.orchestration import OrchestrationDirective, OrchestrationResult
-from tokenhub.engine.providers.base import Chunk
 from tokenhub.engine.shaping import Shaping
+from tokenhub.engine.streaming import OutChunk
 from tokenhub.gateway.errors import BodyTimeout, BodyTooLarge, reply_for
 from tokenhub.gateway.middleware import request_id_of
 from tokenhub.gateway.server import CONNECTION_LOST, ConnectionLost
@@ -43,7 +43,7 @@ class StreamHandle(Protocol):
     decision: Decision
     deadline: float
 
-    def __aiter__(self) -> AsyncIterator[list[Chunk]]:
+    def __aiter__(self) -> AsyncIterator[list[OutChunk]]:
         """Chunks in batches: those the upstream sent together, to be written to the client at once."""
         ...
 
@@ -247,7 +247,8 @@ async def _pump(stream: StreamHandle, send: Send, turns: StreamTurns) -> Upstrea
     try:
         async with asyncio.timeout(max(0.0, stream.deadline - time.monotonic())):
             async for batch in stream:
-                data = b"data: " + b"\n\ndata: ".join([orjson.dumps(chunk) for chunk in batch]) + b"\n\n"
+                jsons = [chunk if type(chunk) is bytes else orjson.dumps(chunk) for chunk in batch]
+                data = b"data: " + b"\n\ndata: ".join(jsons) + b"\n\n"
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 # Other requests run between batches: a burst already read would otherwise go out whole
                 # in one turn of the loop, and every stream started meanwhile would wait for it.

@@ -18,8 +18,8 @@ from tokenhub.engine import (
     UpstreamError,
 )
 from tokenhub.engine.orchestration import OrchestrationDirective, OrchestrationResult
-from tokenhub.engine.providers.base import Chunk
 from tokenhub.engine.shaping import NO_SHAPING, Shaping
+from tokenhub.engine.streaming import OutChunk
 from tokenhub.store import RequestLog
 from tokenhub.temporal_integration.records import (
     CLIENT_CLOSED,
@@ -155,7 +155,7 @@ class RecordedStream:
         self.decision = stream.decision
         self.deadline = stream.deadline
 
-    def __aiter__(self) -> AsyncIterator[list[Chunk]]:
+    def __aiter__(self) -> AsyncIterator[list[OutChunk]]:
         return aiter(self._stream)
 
     async def aclose(self, *, client_gone: bool = False, error: UpstreamError | None = None) -> None:

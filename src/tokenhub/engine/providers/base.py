@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
+
+import orjson
 
 from tokenhub.engine.types import ChatCompletion, ChatRequest
 
 Chunk = dict[str, Any]
 """An OpenAI ``chat.completion.chunk`` object as parsed JSON. Streams stay dicts: a chunk is parsed and
 re-serialised once per token, where a validating model would cost more than the rest of the hop."""
+
+
+class ContentChunk(NamedTuple):
+    """A chunk equal to ``template`` but for its one choice's ``delta.content``: ``literal``, the JSON string
+    as the upstream sent it (quotes included, no escapes), ``chars`` long. Most of an OpenAI-compatible
+    stream reaches the normaliser this way, unparsed (``openai_compat.PlainChunks``)."""
+
+    template: Chunk
+    literal: bytes
+    chars: int
+
+    def parsed(self) -> Chunk:
+        choice = self.template["choices"][0]
+        return {**self.template, "choices": [{**choice, "delta": {"content": orjson.loads(self.literal)}}]}
+
+
+UpstreamChunk = Chunk | ContentChunk
+"""What a provider's stream yields."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +58,9 @@ class Provider(Protocol):
         """A completion made for this call alone: the engine sets its ``model`` to the routed model's id."""
         ...
 
-    def stream(self, request: ChatRequest, target: Target, timeout: float) -> AsyncIterator[list[Chunk]]:
+    def stream(
+        self, request: ChatRequest, target: Target, timeout: float
+    ) -> AsyncIterator[Sequence[UpstreamChunk]]:
         """Yield OpenAI-shaped chunks in batches (those that arrived together; never an empty batch),
         usage included as OpenAI's ``include_usage`` chunk when the upstream reports it. Closing the
         iterator early closes the upstream connection."""

@@ -2,17 +2,81 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 import orjson
 from pydantic import ValidationError
 
 from tokenhub.engine.errors import UpstreamError
-from tokenhub.engine.providers.base import Chunk, Target
+from tokenhub.engine.providers.base import Chunk, ContentChunk, Target, UpstreamChunk
 from tokenhub.engine.providers.upstream import SSEEvent, UpstreamClient, classify_status, event_json
 from tokenhub.engine.types import ChatCompletion, ChatRequest
 
 PATH = "/v1/chat/completions"
+# A JSON string that reads as it is written: no escapes, no control characters (orjson writes such a
+# string back byte for byte).
+_LITERAL = re.compile(rb'"[^"\\\x00-\x1f]*"')
+_CONTENT = b'"content":'
+
+
+class PlainChunks:
+    """A stream's plain content chunks recognised without parsing them.
+
+    Most chunks of a stream differ only in their text: same envelope, one choice, ``delta`` holding only
+    ``content``. Once one such chunk has been parsed, it is the template: a later event whose bytes are the
+    template's before and after its content string, with a plain string between, parses to the template
+    with that string as content, so it is passed on as a ``ContentChunk`` and written out as the template's
+    normalised JSON around it. Parsing, normalising and dumping each chunk was ~4 of the ~5 us a token that
+    reading, normalising and writing a stream's chunks took on the bench machine."""
+
+    __slots__ = ("_prefix", "_suffix", "_template")
+
+    def __init__(self) -> None:
+        self._template: Chunk | None = None
+        self._prefix = b""
+        self._suffix = b""
+
+    def match(self, data: bytes) -> ContentChunk | None:
+        template = self._template
+        if template is None or not (data.startswith(self._prefix) and data.endswith(self._suffix)):
+            return None
+        literal = data[len(self._prefix) : len(data) - len(self._suffix)]
+        if _LITERAL.fullmatch(literal) is None:
+            return None
+        if literal.isascii():
+            chars = len(literal) - 2
+        else:
+            try:
+                chars = len(literal.decode()) - 2
+            except UnicodeDecodeError:  # parsed, it would have its bad bytes replaced
+                return None
+        return tuple.__new__(ContentChunk, (template, literal, chars))
+
+    def learn(self, data: bytes, chunk: Chunk) -> None:
+        """Take ``chunk``, parsed from ``data``, as the template if it is a plain content chunk."""
+        if not _is_plain(chunk) or data.count(b'"content"') != 1:
+            return
+        start = data.find(_CONTENT)
+        if start < 0:
+            return
+        start += len(_CONTENT)
+        while data[start : start + 1] in (b" ", b"\t", b"\n", b"\r"):
+            start += 1
+        literal = _LITERAL.match(data, start)
+        if literal is not None:
+            self._template, self._prefix, self._suffix = chunk, data[:start], data[literal.end() :]
+
+
+def _is_plain(chunk: Chunk) -> bool:
+    choices = chunk.get("choices")
+    if type(choices) is not list or len(choices) != 1 or isinstance(chunk.get("usage"), dict):
+        return False
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("finish_reason") or type(choice.get("index", 0)) is not int:
+        return False
+    delta = choice.get("delta")
+    return type(delta) is dict and delta.keys() == {"content"} and type(delta["content"]) is str
 
 
 class OpenAICompatProvider:
@@ -39,22 +103,30 @@ class OpenAICompatProvider:
 
     async def stream(
         self, request: ChatRequest, target: Target, timeout: float
-    ) -> AsyncIterator[list[Chunk]]:
+    ) -> AsyncIterator[list[UpstreamChunk]]:
         body = orjson.dumps(request.upstream_payload(target.upstream_model))
+        plain = PlainChunks()
         async with self._client.post(PATH, body, read_timeout=timeout, total_timeout=None) as response:
             async for events in response.events():
-                chunks: list[Chunk] = []
+                chunks: list[UpstreamChunk] = []
                 failure: UpstreamError | None = None
                 done = False
                 for event in events:
-                    if event.data == b"[DONE]":
+                    data = event.data
+                    content = plain.match(data)
+                    if content is not None:
+                        chunks.append(content)
+                        continue
+                    if data == b"[DONE]":
                         done = True
                         break
                     try:
-                        chunks.append(self._chunk(event))
+                        chunk = self._chunk(event)
                     except UpstreamError as exc:
                         failure = exc  # after the chunks that came before it
                         break
+                    chunks.append(chunk)
+                    plain.learn(data, chunk)
                 if chunks:
                     yield chunks
                 if failure is not None:

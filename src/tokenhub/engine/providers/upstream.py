@@ -70,42 +70,63 @@ class UpstreamResponse:
         ``FIRST_BATCH_EVENTS`` in the first batch and ``MAX_BATCH_EVENTS`` in later ones. Passing a burst
         on in few batches lets the gateway write it to the client in few writes (one socket write per
         event was over half of its CPU on bursty streams). Comments and ``id:``/``retry:`` lines are
-        dropped."""
-        buffer = b""
-        event = ""
-        data: list[bytes] = []
+        dropped; CRLF line ends are read as LF."""
+        buffer = b""  # the event not yet ended by a blank line
         cap = FIRST_BATCH_EVENTS
         try:
             async for piece in self._connection.chunks():
+                if b"\r" in piece:
+                    if buffer.endswith(b"\r"):
+                        buffer, piece = buffer[:-1], b"\r" + piece
+                    piece = piece.replace(b"\r\n", b"\n")
+                elif buffer.endswith(b"\r") and piece.startswith(b"\n"):
+                    buffer = buffer[:-1]
+                seen = len(buffer) - 1  # where a blank line could begin that the last read did not end
                 buffer += piece
+                if buffer.find(b"\n\n", max(0, seen)) >= 0:
+                    frames = buffer.split(b"\n\n")
+                    buffer = frames.pop()
+                else:
+                    frames = []
                 if len(buffer) > MAX_EVENT_BYTES:
                     raise UpstreamError(
                         "transient", "upstream sent an oversized event", provider_id=self._provider_id
                     )
-                lines = buffer.split(b"\n")
-                buffer = lines.pop()  # the unfinished line, if any
                 batch: list[SSEEvent] = []
-                for raw in lines:
-                    line = raw.rstrip(b"\r")
-                    if not line:
-                        if data:
-                            joined = data[0] if len(data) == 1 else b"\n".join(data)
-                            # tuple.__new__: the named tuple's own __new__ is a Python function
-                            batch.append(tuple.__new__(SSEEvent, (event or "message", joined)))
-                            if len(batch) == cap:  # the first tokens of a burst go out first
-                                yield batch
-                                batch, cap = [], MAX_BATCH_EVENTS
-                        event, data = "", []
-                    elif line.startswith(b"data:"):
-                        data.append(line[5:].removeprefix(b" "))
-                    elif line.startswith(b"event:"):
-                        event = line[6:].strip().decode("utf-8", errors="replace")
+                for frame in frames:
+                    if frame.startswith(b"data: ") and b"\n" not in frame and not frame.endswith(b"\r"):
+                        # the usual event, one data line; tuple.__new__: the named tuple's own __new__ is
+                        # a Python function
+                        batch.append(tuple.__new__(SSEEvent, ("message", frame[6:])))
+                    elif (event := _event(frame)) is not None:
+                        batch.append(event)
+                    else:
+                        continue
+                    if len(batch) == cap:  # the first tokens of a burst go out first
+                        yield batch
+                        batch, cap = [], MAX_BATCH_EVENTS
                 if batch:
                     yield batch
         except http1.HTTPError as exc:
             raise _mapped(exc, self._provider_id) from None
-        if data:
-            yield [SSEEvent(event or "message", b"\n".join(data))]
+        # An event the body ended without a blank line after it: its whole lines.
+        if (event := _event(buffer.rpartition(b"\n")[0])) is not None:
+            yield [event]
+
+
+def _event(frame: bytes) -> SSEEvent | None:
+    """The event of one frame's lines, if it has data."""
+    name = ""
+    data: list[bytes] = []
+    for raw in frame.split(b"\n"):
+        line = raw.rstrip(b"\r")
+        if line.startswith(b"data:"):
+            data.append(line[5:].removeprefix(b" "))
+        elif line.startswith(b"event:"):
+            name = line[6:].strip().decode("utf-8", errors="replace")
+    if not data:
+        return None
+    return SSEEvent(name or "message", data[0] if len(data) == 1 else b"\n".join(data))
 
 
 class UpstreamClient:
