@@ -11,8 +11,8 @@ import orjson
 from tokenhub.engine.types import ChatCompletion, ChatRequest
 
 Chunk = dict[str, Any]
-"""An OpenAI ``chat.completion.chunk`` object as parsed JSON. Streams stay dicts: a chunk is parsed and
-re-serialised once per token, where a validating model would cost more than the rest of the hop."""
+"""An OpenAI ``chat.completion.chunk`` object as parsed JSON. Streams stay dicts (a validating model would
+cost more than the rest of the hop), or, for most chunks of an OpenAI-compatible stream, ``ContentChunk``."""
 
 
 class ContentChunk(NamedTuple):
