@@ -13,10 +13,15 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.client import Client
+from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from tests.conftest import start_on, wait_until
 from tests.fakes.openai_upstream import FakeOpenAI, Reply, completion, error_body
-from tests.temporal_server import DevServer
+from tests.temporal_server import NAMESPACE, DevServer
+from tokenhub.temporal_integration.types import DATA_CONVERTER
+from tokenhub.temporal_integration.workflows import ChatWorkflow, OrchestrationWorkflow
 
 MODELS = {  # model: (weight, input_per_1k, output_per_1k)
     "planner": (9, 1.0, 2.0),
@@ -95,6 +100,38 @@ def test_adversarial_plans_critiques_and_refines(orchestra: Orchestra) -> None:
     (row,) = orchestra.gateway.request_logs()
     assert row["status"] == 200 and row["attempts"] == 3 and row["mode"] == "adversarial"
     assert row["cost_usd"] == pytest.approx(cost("planner", "critic", "planner"))
+
+
+@pytest.mark.parametrize("orchestra", ["temporal"], indirect=True)
+async def test_both_workflows_replay_their_real_histories_in_the_sandbox(
+    orchestra: Orchestra, temporal_server: DevServer
+) -> None:
+    """The worker runs workflows outside the SDK's sandbox (it is cheaper); the sandbox's checks are made
+    here instead: a clock, randomness or I/O in workflow code fails the replay, as any nondeterminism does."""
+    orchestra.fakes["planner"].push(answer("Hello."), answer("PLAN v1"), answer("PLAN v2"))
+    orchestra.fakes["critic"].push(answer("Too few sandwiches."))
+    async with httpx.AsyncClient(timeout=60) as http:
+        chat = await http.post(
+            f"{orchestra.gateway.v1}/chat/completions",
+            json={"model": "planner", "messages": [{"role": "user", "content": "Hi."}]},
+        )
+    plan = orchestra.plan(
+        {"mode": "adversarial", "iterations": 1, "primary_model_id": "planner", "review_model_id": "critic"}
+    )
+    assert chat.status_code == 200 and plan.status_code == 200, (chat.text, plan.text)
+    client = await Client.connect(temporal_server.host, namespace=NAMESPACE, data_converter=DATA_CONVERTER)
+    histories = [
+        await client.get_workflow_handle(response.headers["x-tokenhub-workflow-id"]).fetch_history()
+        for response in (chat, plan)
+    ]
+    for runner in (SandboxedWorkflowRunner(), UnsandboxedWorkflowRunner()):
+        replayer = Replayer(
+            workflows=[ChatWorkflow, OrchestrationWorkflow],
+            data_converter=DATA_CONVERTER,
+            workflow_runner=runner,
+        )
+        for history in histories:
+            await replayer.replay_workflow(history)  # raises on any failure or nondeterminism
 
 
 def test_adversarial_can_return_the_plan_only(orchestra: Orchestra) -> None:
