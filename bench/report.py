@@ -106,6 +106,16 @@ def _rows(result: dict[str, Any]) -> list[list[str]]:
         pl = paced["latency_ms"]
         pace = ["  └ direct, gw's pace", str(paced["requests"]), _pair(pl["p50"], pl["p99"]), "", ""]
         rows.append([*pace, f"{fmt(paced['throughput_rps'], 0)}", *[""] * (len(COLUMNS) - 6)])
+    for name, rival in result.get("rivals", {}).items():
+        rl, ra = rival["server"]["latency_ms"], rival["added_ms"]
+        rate = f"{fmt(rival['server']['throughput_rps'], 0)} ({fmt(rival['throughput_ratio'])})"
+        cells = [f"  └ {name}", str(rival["server"]["requests"]), "", _pair(rl["p50"], rl["p99"])]
+        cells += [_pair(ra["p50"], ra["p95"], ra["p99"]), rate, fmt(rival["cpu_s_per_1k"], 3)]
+        rows.append([*cells, *[""] * (len(COLUMNS) - 8), f"0/{rival['server']['errors']}"])
+        if rival["ttft_added_ms"] is not None:
+            rt, ta = rival["server"]["ttft_ms"], rival["ttft_added_ms"]
+            ttft = ["    └ TTFT", "", "", _pair(rt["p50"], rt["p99"]), _pair(ta["p50"], ta["p95"], ta["p99"])]
+            rows.append([*ttft, *[""] * (len(COLUMNS) - 5)])
     if result["ttft_added_ms"] is not None:
         dt, gt, ta = (paced or direct)["ttft_ms"], gateway["ttft_ms"], result["ttft_added_ms"]
         ttft = ["  └ TTFT", "", _pair(dt["p50"], dt["p99"]), _pair(gt["p50"], gt["p99"])]
@@ -132,6 +142,13 @@ def render(report: dict[str, Any]) -> str:
         "",
         _table([list(COLUMNS), *(row for result in results.values() for row in _rows(result))]),
     ]
+    if any(result.get("rivals") for result in results.values()):
+        parts += [
+            "",
+            "└ rows: the stack's reference points in the gateway's place, in the same rounds "
+            "(bench/reference_proxy.py): naive proxy = Starlette passing each request to the upstream "
+            "through one aiohttp session; framework floor = Starlette answering by itself.",
+        ]
     notes = [f"  {name}: {result['note']}" for name, result in results.items() if result["note"]]
     if notes:
         parts += ["", "Notes:", *notes]

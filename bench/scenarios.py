@@ -22,6 +22,8 @@ SOAK_BLOCK = 2000
 SOAK_SAMPLE_S = 10.0
 SOAK_SETTLED_S = 60.0  # the soak's RSS baseline: after the first minute, once caches have filled
 DURABLE_WAIT_S = 60.0
+NAIVE_PROXY = "naive proxy"
+FRAMEWORK_FLOOR = "framework floor"
 
 # (rounds, requests per block) per scenario: quick mode (about a minute in all), then full mode (about
 # 4 minutes plus the soak). Full c1 pools 8,000 samples per side, so its p99 rests on 80.
@@ -74,10 +76,20 @@ class Load:
 
 
 @dataclass
+class Rival:
+    """A server in the gateway's place: its blocks, the paced direct blocks after them, its CPU seconds."""
+
+    server: Pool = field(default_factory=Pool)
+    paced: Pool = field(default_factory=Pool)
+    cpu_s: float = 0.0
+
+
+@dataclass
 class Comparison:
     direct: Pool = field(default_factory=Pool)
     gateway: Pool = field(default_factory=Pool)
     paced: Pool = field(default_factory=Pool)  # direct again, at the pace the gateway block kept
+    rivals: dict[str, Rival] = field(default_factory=dict)  # the stack's reference points, same rounds
     cpu_s: dict[str, float] = field(default_factory=dict)  # per watched process, gateway blocks only
     peak_rss_mb: float | None = None  # the gateway's VmRSS, sampled while the blocks ran
     vmhwm_mb: float | None = None  # the gateway's lifetime peak, at the end
@@ -94,6 +106,7 @@ class Bench:
     quick: bool
     soak_s: float
     temporal_pair: tuple[Server, Server] | None = None  # the dev server and the gateway using it
+    reference_servers: dict[str, Server] | None = None
 
     def plan(self, name: str) -> tuple[int, int]:
         quick, full = PLANS[name]
@@ -126,6 +139,17 @@ class Bench:
             time.sleep(0.5)
         raise BenchError(f"no request went through Temporal within {DURABLE_WAIT_S:g}s")
 
+    def references(self, stream: bool) -> dict[str, Server]:
+        """The stack's reference points (``bench/reference_proxy.py``), started on first use: the naive
+        aiohttp proxy to the upstream, and Starlette answering by itself (not for streams)."""
+        if self.reference_servers is None:
+            self.reference_servers = {
+                NAIVE_PROXY: self.stack.reference("naive-proxy", self.upstream),
+                FRAMEWORK_FLOOR: self.stack.reference("framework-floor", None),
+            }
+        servers = self.reference_servers
+        return {NAIVE_PROXY: servers[NAIVE_PROXY]} if stream else servers
+
     def stop_temporal(self) -> None:
         if self.temporal_pair is not None:
             for server in self.temporal_pair:
@@ -142,6 +166,7 @@ def alternate(
     rounds: int,
     also: dict[str, int] | None = None,
     paced: bool = False,
+    rivals: dict[str, Server] | None = None,
 ) -> Comparison:
     """``rounds`` x (direct block, gateway block) after one discarded warm-up block per side. The CPU of
     the gateway (and of the ``also`` PIDs) is counted over the gateway blocks only.
@@ -149,11 +174,15 @@ def alternate(
     With ``paced``, each gateway block is followed by a direct block started at the gateway block's rate:
     the same load at the same pace. At full speed the direct side can be the load generator's own
     saturation (streams at concurrency 64: it waits on itself for the first token), which a gateway
-    that answers more slowly spares it; compared at equal pace, that saturation is out of the difference."""
+    that answers more slowly spares it; compared at equal pace, that saturation is out of the difference.
+
+    Each of ``rivals`` gets a block after the gateway's in every round (and, with ``paced``, a direct block at
+    its pace), its own CPU counted over it: servers in the gateway's place, measured side by side with it."""
     watched = {"gateway": gateway.proc.pid, **(also or {})}
-    for url in (direct_url, gateway.chat_url):
+    rivals = rivals or {}
+    for url in (direct_url, gateway.chat_url, *(rival.chat_url for rival in rivals.values())):
         bench.run(load.warmup(), url, body)
-    result = Comparison(cpu_s=dict.fromkeys(watched, 0.0))
+    result = Comparison(cpu_s=dict.fromkeys(watched, 0.0), rivals={name: Rival() for name in rivals})
     with RssSampler(gateway.proc.pid) as rss:
         for _ in range(rounds):
             result.direct.add(bench.run(load, direct_url, body))
@@ -163,11 +192,21 @@ def alternate(
             for name, pid in watched.items():
                 result.cpu_s[name] += cpu_seconds(pid) - before[name]
             if paced:
-                pace = replace(load, rate=load.requests / block["elapsed_s"])
-                result.paced.add(bench.run(pace, direct_url, body))
+                result.paced.add(bench.run(_paced(load, block), direct_url, body))
+            for name, server in rivals.items():
+                rival, started_cpu = result.rivals[name], cpu_seconds(server.proc.pid)
+                rival_block = bench.run(load, server.chat_url, body)
+                rival.server.add(rival_block)
+                rival.cpu_s += cpu_seconds(server.proc.pid) - started_cpu
+                if paced:
+                    rival.paced.add(bench.run(_paced(load, rival_block), direct_url, body))
     result.peak_rss_mb = rss.peak_mb
     result.vmhwm_mb = memory_mb(gateway.proc.pid, "VmHWM")
     return result
+
+
+def _paced(load: Load, block: dict[str, Any]) -> Load:
+    return replace(load, rate=load.requests / block["elapsed_s"])
 
 
 Percentiles = dict[str, float | None]
@@ -177,6 +216,19 @@ def _added(gateway: Percentiles | None, direct: Percentiles | None) -> Percentil
     if gateway is None or direct is None:
         return None
     return {key: difference(gateway[key], direct[key]) for key in gateway}
+
+
+def _rival(rival: Rival, direct: Pool) -> dict[str, Any]:
+    """A rival's figures, as the gateway's: against the direct blocks at its own pace when there are any."""
+    server = rival.server.summary()
+    base = (rival.paced if rival.paced.requests else direct).summary()
+    return {
+        "server": server,
+        "added_ms": _added(server["latency_ms"], base["latency_ms"]),
+        "ttft_added_ms": _added(server["ttft_ms"], base["ttft_ms"]),
+        "throughput_ratio": ratio(rival.server.throughput, direct.throughput),
+        "cpu_s_per_1k": per_1k(rival.cpu_s, rival.server.requests),
+    }
 
 
 def summarise(name: str, load: Load, rounds: int, comparison: Comparison) -> dict[str, Any]:
@@ -205,16 +257,20 @@ def summarise(name: str, load: Load, rounds: int, comparison: Comparison) -> dic
         "peak_rss_mb": comparison.peak_rss_mb,
         "vmhwm_mb": comparison.vmhwm_mb,
         "overhead_ms_p50": percentile(comparison.gateway.overhead_ms, 50),
+        "rivals": {name: _rival(rival, comparison.direct) for name, rival in comparison.rivals.items()},
         "note": "",
     }
 
 
-def chat(bench: Bench, name: str, concurrency: int, stream: bool, paced: bool = False) -> dict[str, Any]:
+def chat(
+    bench: Bench, name: str, concurrency: int, stream: bool, paced: bool = False, references: bool = False
+) -> dict[str, Any]:
+    """With ``references``, the stack's reference points take the same load in the same rounds."""
     rounds, block = bench.plan(name)
     load = Load(concurrency, block, stream)
-    comparison = alternate(
-        bench, load, chat_body(MODEL, stream), bench.upstream.chat_url, bench.gateway, rounds, paced=paced
-    )
+    body, url = chat_body(MODEL, stream), bench.upstream.chat_url
+    rivals = bench.references(stream) if references else None
+    comparison = alternate(bench, load, body, url, bench.gateway, rounds, paced=paced, rivals=rivals)
     result = summarise(name, load, rounds, comparison)
     if paced:
         unpaced = result["ttft_added_unpaced_ms"] or {}
@@ -331,12 +387,14 @@ def soak(bench: Bench) -> dict[str, Any]:
 
 Scenario = Callable[[Bench], dict[str, Any]]
 SCENARIOS: dict[str, Scenario] = {
-    "nonstream_c1": partial(chat, name="nonstream_c1", concurrency=1, stream=False),
+    # With the stack's reference points alongside: what the added latency and the throughput ratio are
+    # set against (shared/reference/load-testing.md), measured here rather than quoted.
+    "nonstream_c1": partial(chat, name="nonstream_c1", concurrency=1, stream=False, references=True),
     "nonstream_c16": partial(chat, name="nonstream_c16", concurrency=16, stream=False),
-    "nonstream_c64": partial(chat, name="nonstream_c64", concurrency=64, stream=False),
-    "stream_c1": partial(chat, name="stream_c1", concurrency=1, stream=True),
+    "nonstream_c64": partial(chat, name="nonstream_c64", concurrency=64, stream=False, references=True),
+    "stream_c1": partial(chat, name="stream_c1", concurrency=1, stream=True, references=True),
     # Paced: at full speed, 64 streams of 200 bursting tokens saturate the load generator itself.
-    "stream_c64": partial(chat, name="stream_c64", concurrency=64, stream=True, paced=True),
+    "stream_c64": partial(chat, name="stream_c64", concurrency=64, stream=True, paced=True, references=True),
     "streams_500": streams_500,
     "temporal_c1": partial(temporal_load, name="temporal_c1", concurrency=1),
     "temporal_c16": partial(temporal_load, name="temporal_c16", concurrency=16),

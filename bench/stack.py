@@ -114,6 +114,18 @@ class Stack:
         wait_until(proc, lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), "/healthz", START_TIMEOUT_S)
         return server
 
+    def reference(self, name: str, upstream: Server | None) -> Server:
+        """``bench/reference_proxy.py``: the naive proxy to ``upstream``; with None, the framework's floor."""
+        port = free_port()
+        argv = [sys.executable, "-m", "bench.reference_proxy", "--port", str(port)]
+        if upstream is not None:
+            argv += ["--upstream", upstream.chat_url]
+        server = Server(self._start(name, argv, cwd=ROOT), port)
+        wait_until(
+            server.proc, lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), "/healthz", START_TIMEOUT_S
+        )
+        return server
+
     def temporal(self, name: str, namespace: str) -> Server:
         """The tuned dev server ``tokenhub dev`` runs, headless, with its own database file."""
         cli = temporal_cli()

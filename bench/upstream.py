@@ -23,6 +23,7 @@ import uvloop
 MODEL = "bench-upstream"
 CREATED = 1_700_000_000
 MAX_HEAD_BYTES = 64 * 1024
+DEFAULT_TOKENS = 200
 STREAM_FLAG = re.compile(rb'"stream"\s*:\s*true')
 
 
@@ -240,7 +241,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="A near-free fake OpenAI upstream for benchmarks.")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay-ms", type=float, default=0.0, help="wait before answering")
-    parser.add_argument("--tokens", type=int, default=200, help="content chunks per stream")
+    parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS, help="content chunks per stream")
     parser.add_argument("--gap-ms", type=float, default=0.0, help="pause between stream chunks")
     args = parser.parse_args()
     behaviour = Behaviour(Responses.build(args.tokens), args.delay_ms / 1000, args.gap_ms / 1000)
