@@ -215,17 +215,26 @@ def _cpu_model() -> str:
 
 
 def _git_revision(root: Path) -> str:
-    """The commit measured, "-dirty" when the tree has edits (the gateway changes between runs)."""
+    """The commit measured, "-dirty" when the tree has edits (the gateway changes between runs); the
+    bench's own results do not count, so a run after a run still names its commit alone."""
+    commit = _git(root, "rev-parse", "--short", "HEAD")
+    if not commit:
+        return "unknown"
+    edits = _git(root, "status", "--porcelain", "--", ".", ":!bench/results")
+    return f"{commit}-dirty" if edits else commit
+
+
+def _git(root: Path, *args: str) -> str:
     git = shutil.which("git")
     if git is None:
-        return "unknown"
+        return ""
     try:
         done = subprocess.run(  # noqa: S603 - git from PATH with fixed arguments
-            [git, "describe", "--always", "--dirty"], cwd=root, capture_output=True, text=True, timeout=5
+            [git, *args], cwd=root, capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return done.stdout.strip() or "unknown"
+        return ""
+    return done.stdout.strip()
 
 
 def write_json(path: Path, report: dict[str, Any]) -> None:
