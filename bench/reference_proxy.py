@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import orjson
@@ -50,9 +50,7 @@ def proxy_app(upstream: str) -> Starlette:
 
         return StreamingResponse(relay(), status_code=up.status, media_type="text/event-stream")
 
-    return Starlette(
-        routes=[*_common(), Route("/v1/chat/completions", chat, methods=["POST"])], lifespan=lifespan
-    )
+    return Starlette(routes=_routes(chat), lifespan=lifespan)
 
 
 def floor_app() -> Starlette:
@@ -62,7 +60,7 @@ def floor_app() -> Starlette:
         orjson.loads(await request.body())
         return Response(completion, media_type=JSON)
 
-    return Starlette(routes=[*_common(), Route("/v1/chat/completions", chat, methods=["POST"])])
+    return Starlette(routes=_routes(chat))
 
 
 def _completion_body() -> bytes:
@@ -71,11 +69,12 @@ def _completion_body() -> bytes:
     return raw[raw.index(b"\r\n\r\n") + 4 :]
 
 
-def _common() -> list[Route]:
-    async def healthz(request: Request) -> Response:
-        return Response(b"ok")
+def _routes(chat: Callable[[Request], Awaitable[Response]]) -> list[Route]:
+    return [Route("/healthz", _healthz), Route("/v1/chat/completions", chat, methods=["POST"])]
 
-    return [Route("/healthz", healthz)]
+
+async def _healthz(request: Request) -> Response:
+    return Response(b"ok")
 
 
 def main() -> None:

@@ -110,9 +110,7 @@ class Stack:
         }
         argv = [sys.executable, "-m", "tokenhub", "serve", "--host", "127.0.0.1", "--port", str(port)]
         proc = self._start(name, [*argv, "--config", str(catalog)], cwd=self.workdir, env=clean | settings)
-        server = Server(proc, port)
-        wait_until(proc, lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), "/healthz", START_TIMEOUT_S)
-        return server
+        return _answering(Server(proc, port))
 
     def reference(self, name: str, upstream: Server | None) -> Server:
         """``bench/reference_proxy.py``: the naive proxy to ``upstream``; with None, the framework's floor."""
@@ -120,11 +118,7 @@ class Stack:
         argv = [sys.executable, "-m", "bench.reference_proxy", "--port", str(port)]
         if upstream is not None:
             argv += ["--upstream", upstream.chat_url]
-        server = Server(self._start(name, argv, cwd=ROOT), port)
-        wait_until(
-            server.proc, lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), "/healthz", START_TIMEOUT_S
-        )
-        return server
+        return _answering(Server(self._start(name, argv, cwd=ROOT), port))
 
     def temporal(self, name: str, namespace: str) -> Server:
         """The tuned dev server ``tokenhub dev`` runs, headless, with its own database file."""
@@ -141,3 +135,10 @@ class Stack:
     def loadgen(self) -> LoadGenClient:
         argv = [sys.executable, "-m", "bench.loadgen"]
         return LoadGenClient(self._start("loadgen", argv, cwd=ROOT, pipe_stdin=True, pipe_stdout=True))
+
+
+def _answering(server: Server) -> Server:
+    """``server`` once its ``/healthz`` answers."""
+    url = f"http://127.0.0.1:{server.port}/healthz"
+    wait_until(server.proc, lambda: http_ok(url), "/healthz", START_TIMEOUT_S)
+    return server
