@@ -1,7 +1,7 @@
 """Two versions of the gateway compared side by side: the CPU a request of a base commit against the work
 tree, both loaded at the same time, each by its own load generator through its own fake upstream.
 
-    python -m bench.ab --base REV [--pairs 8] [--requests 5000] [--concurrency 32] [--stream]
+    python -m bench.ab --base REV [--pairs 8] [--requests 5000] [--concurrency 32] [--stream] [--models 1]
 
 Alternating blocks (what ``bench.run`` does against the upstream) read ±15 % a pair for the same code on a
 noisy VM; loaded at the same time, both sides meet the same noise, and a pair reads within ±3-6 %. The two
@@ -38,6 +38,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=5000, help="requests a block, each side")
     parser.add_argument("--concurrency", type=int, default=32, help="each side's")
     parser.add_argument("--stream", action="store_true", help="200-token streams instead of JSON answers")
+    parser.add_argument(
+        "--models",
+        type=int,
+        default=1,
+        help="models in the catalogue, each on its own provider; requests name the first",
+    )
     return parser.parse_args(argv)
 
 
@@ -57,9 +63,10 @@ def _worktree(rev: str) -> Iterator[Path]:
 class Side:
     """One gateway, its upstream and its load generator."""
 
-    def __init__(self, stack: Stack, name: str, src: Path) -> None:
+    def __init__(self, stack: Stack, name: str, src: Path, models: int) -> None:
         upstream = stack.upstream(f"upstream-{name}")
-        catalog = stack.catalog([(MODEL, "bench", upstream)])
+        others = [(f"{MODEL}-{i}", f"bench-{i}", upstream) for i in range(1, models)]
+        catalog = stack.catalog([(MODEL, "bench", upstream), *others])
         catalog = catalog.rename(catalog.with_name(f"catalog-{name}.yaml"))
         self.gateway: Server = stack.gateway(
             f"gateway-{name}", catalog, f"{name}.db", {"PYTHONPATH": str(src)}
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label}:")
             with contextlib.ExitStack() as exits:
                 stack = Stack(Path(tempfile.mkdtemp(dir=tmp)), exits)
-                sides = {name: Side(stack, name, src) for name, src in slots.items()}
+                sides = {name: Side(stack, name, src, args.models) for name, src in slots.items()}
                 ratios = _round(sides, command, args.pairs)
             median = statistics.median(ratios)
             results.append(median if slots["B"] == work else 1 / median)

@@ -106,6 +106,45 @@ def test_named_model_is_tried_first(pair: Any) -> None:
     assert fake_a.requests == [] and len(fake_b.requests) == 1
 
 
+# "sibling" shares prov-a with "primary" and ranks ahead of "backup" in every mode.
+SIBLINGS = (
+    CATALOG
+    + """
+  - {{id: sibling, provider_id: prov-a, weight: 8, max_context_tokens: 8000,
+      input_per_1k: 0.002, output_per_1k: 0.002}}
+"""
+)
+
+
+@pytest.mark.parametrize(
+    ("model", "stream"),
+    [("primary", False), ("auto", False), ("primary", True)],
+    ids=["named", "auto", "stream"],
+)
+def test_a_provider_that_asked_to_wait_is_not_called_again_through_another_model(
+    make_fake_openai: Any, start_gateway: Any, model: str, stream: bool
+) -> None:
+    """The next model is chosen when one fails, from what is known then: a 429 with Retry-After takes its
+    provider out for that long, so the request skips that provider's other models and goes elsewhere."""
+    fake_a, url_a = make_fake_openai()
+    fake_b, url_b = make_fake_openai()
+    gateway = start_gateway(SIBLINGS.format(a=url_a, b=url_b))
+    busy = error_body("slow down", type_="rate_limit_error")
+    fake_a.push(Reply(status=429, body=busy, headers={"retry-after": "30"}))
+    client = client_for(gateway)
+    if stream:
+        chunks = list(client.chat.completions.create(model=model, messages=MESSAGES, stream=True))
+        assert {c.model for c in chunks} == {"backup"}
+    else:
+        raw = client.chat.completions.with_raw_response.create(model=model, messages=MESSAGES)
+        assert raw.parse().model == "backup"
+        assert raw.headers["x-tokenhub-reason"] == "failover-after-rate_limited"
+    assert len(fake_a.requests) == 1 and len(fake_b.requests) == 1
+    gateway.stop()
+    (row,) = gateway.request_logs()
+    assert row["model"] == "backup" and row["attempts"] == 2 and row["status"] == 200
+
+
 def test_every_candidate_rate_limited_is_429_with_the_shortest_retry_after(pair: Any) -> None:
     fake_a, fake_b, gateway = pair
     fake_a.push(

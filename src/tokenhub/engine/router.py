@@ -170,19 +170,40 @@ class Engine:
         exclude: Collection[str],
         avoid: Collection[str],
     ) -> tuple[list[tuple[ModelSpec, float]], dict[str, IneligibleReason], Estimate]:
-        named = None
-        if request.model and request.model != AUTO:
-            named = self.registry.get_routable(request.model)
-            if named is None:
-                raise ModelNotFound(request.model)
-            if policy.allowed_models is not None and named.id not in policy.allowed_models:
-                raise ModelNotAllowed(named.id)
-        estimate = Estimate(input_tokens=_estimate_input(request), output_limit=request.output_limit)
-        eligible: list[ModelSpec] = []
-        reasons: dict[str, IneligibleReason] = {}
+        named = self._named(request, policy)
+        estimate = _estimate(request)
         considered = (named,) if pin and named is not None else self.registry.routable()
+        ranked, reasons = self._rank(considered, policy, estimate, exclude, avoid)
+        # A stable sort: a named model first, the order of the others stays.
+        if named is not None:
+            ranked.sort(key=lambda pair: pair[0] is not named)
+        return ranked, reasons, estimate
+
+    def _named(self, request: ChatRequest, policy: Policy) -> ModelSpec | None:
+        """The model the request names (None for ``auto``); ``ModelNotFound``, ``ModelNotAllowed``."""
+        if not request.model or request.model == AUTO:
+            return None
+        named = self.registry.get_routable(request.model)
+        if named is None:
+            raise ModelNotFound(request.model)
+        if policy.allowed_models is not None and named.id not in policy.allowed_models:
+            raise ModelNotAllowed(named.id)
+        return named
+
+    def _rank(
+        self,
+        considered: Sequence[ModelSpec],
+        policy: Policy,
+        estimate: Estimate,
+        exclude: Collection[str],
+        avoid: Collection[str],
+    ) -> tuple[list[tuple[ModelSpec, float]], dict[str, IneligibleReason]]:
+        """The eligible models of ``considered`` with their scores, best first, avoided ones last; and why
+        each other one is not eligible."""
         if policy.allowed_models is not None:
             considered = tuple(m for m in considered if m.id in policy.allowed_models)
+        eligible: list[ModelSpec] = []
+        reasons: dict[str, IneligibleReason] = {}
         for model in (m for m in considered if m.id not in exclude):
             why = ineligibility(model, policy, estimate, self.health)
             if why is None:
@@ -190,12 +211,42 @@ class Engine:
             else:
                 reasons[model.id] = why
         ranked = scores(eligible, policy, estimate, self.health)
-        # Stable sorts: avoided models go last, then a named model first; the order within groups stays.
-        if avoid:
+        if avoid:  # stable: the order within each group stays
             ranked.sort(key=lambda pair: pair[0].id in avoid)
-        if named is not None:
-            ranked.sort(key=lambda pair: pair[0] is not named)
-        return ranked, reasons, estimate
+        return ranked, reasons
+
+    def _lineup(
+        self,
+        request: ChatRequest,
+        policy: Policy,
+        *,
+        pin: bool = False,
+        exclude: Collection[str] = (),
+        avoid: Collection[str] = (),
+    ) -> tuple[ModelSpec, Callable[[Collection[str]], list[ModelSpec]], Estimate]:
+        """``plan``'s first model, and the others as ``following(tried)``, ranked once a model has failed, by
+        the health known then: a provider that has just gone down or asked to wait is not called again
+        through another of its models. A named model that may take the request goes first without ranking
+        anything, since ranking scores every routable model (with 30 models in the catalogue, that was 15 %
+        of the gateway's CPU a request: ``bench/ab.py --models 30``, both ways round)."""
+        named = self._named(request, policy)
+        estimate = _estimate(request)
+        if (
+            named is not None
+            and named.id not in exclude
+            and ineligibility(named, policy, estimate, self.health) is None
+        ):
+            first = named
+        else:  # nothing named, or a named model that may not take it: the best of the others
+            first = self.plan(request, policy, pin=pin, exclude=exclude, avoid=avoid)[0][0]
+
+        def following(tried: Collection[str]) -> list[ModelSpec]:
+            if pin and named is not None:  # the named model alone
+                return []
+            ranked, _ = self._rank(self.registry.routable(), policy, estimate, {*exclude, *tried}, avoid)
+            return [model for model, _ in ranked]
+
+        return first, following, estimate
 
     async def route_and_send(
         self,
@@ -207,7 +258,7 @@ class Engine:
         avoid: Collection[str] = (),
     ) -> Routed:
         """Answer ``request``; ``pin``, ``exclude`` and ``avoid`` as in ``plan``."""
-        candidates, estimate = self.plan(request, policy, pin=pin, exclude=exclude, avoid=avoid)
+        first, following, estimate = self._lineup(request, policy, pin=pin, exclude=exclude, avoid=avoid)
 
         async def attempt(model: ModelSpec, timeout: float) -> tuple[ChatCompletion, TokenCount, float]:
             provider = self.registry.provider(model.provider_id)
@@ -229,7 +280,7 @@ class Engine:
             return completion, tokens, cost
 
         (completion, tokens, cost), model, decision = await self._with_failover(
-            request, policy, candidates, attempt
+            request, policy, first, following, attempt
         )
         completion.model = model.id  # the provider's own object, made for this call (a copy cost 1.5 us)
         return Routed(completion, decision, tokens, cost)
@@ -274,7 +325,7 @@ class Engine:
         return check_result(await orchestrate(request, directive, self, policy), shaping)
 
     async def open_stream(self, request: ChatRequest, policy: Policy) -> ChatStream:
-        candidates, estimate = self.plan(request, policy)
+        first, following, estimate = self._lineup(request, policy)
         started = time.monotonic()
         deadline = started + self.request_deadline(policy)
 
@@ -309,7 +360,9 @@ class Engine:
             self.health.record_success(model.provider_id, None)
             return upstream, prefix
 
-        (upstream, prefix), model, decision = await self._with_failover(request, policy, candidates, attempt)
+        (upstream, prefix), model, decision = await self._with_failover(
+            request, policy, first, following, attempt
+        )
         normaliser = ChunkNormaliser(
             model_id=model.id,
             include_usage=request.include_usage,
@@ -331,25 +384,29 @@ class Engine:
         self,
         request: ChatRequest,
         policy: Policy,
-        candidates: list[ModelSpec],
+        first: ModelSpec,
+        following: Callable[[Collection[str]], list[ModelSpec]],
         attempt: Callable[[ModelSpec, float], Awaitable[T]],
     ) -> tuple[T, ModelSpec, Decision]:
-        """Try ``candidates`` in order: transient errors retry the same model with jittered backoff,
-        context overflow skips to larger-context models, everything else moves to the next model.
+        """Try ``first``, then the best of ``following(tried)``: transient errors retry the same model with
+        jittered backoff, context overflow skips to larger-context models, everything else moves to the next
+        model.
 
         The request's deadline needs no timer of its own: each attempt is given the time left when that is
         less than the provider's limit, and its timeout then ends the request, counted against no provider
         (the deadline was the client's). A timer per request cost 4.3 us under uvloop, ~2.5 % of the gateway's
         CPU under load. Only calls on a spending account, whose budget waits on the store, keep the timer."""
         failures: list[UpstreamError] = []
-        queue = list(candidates)
-        model = queue[0]
+        upcoming: ModelSpec | None = first
+        model, tried = first, set[str]()
+        overflowed = 0  # the largest context window a prompt did not fit: only larger ones after it
         limit = self.request_deadline(policy)
         deadline = time.monotonic() + limit
         try:
             async with asyncio.timeout(limit) if self._spends(policy) else _NO_TIMER:
-                while queue:
-                    model = queue.pop(0)
+                while upcoming is not None:
+                    model = upcoming
+                    tried.add(model.id)
                     for retry in range(self._limits.transient_retries + 1):
                         left = deadline - time.monotonic()
                         if left <= 0:
@@ -367,9 +424,11 @@ class Engine:
                         else:
                             return result, model, self._decision(request, policy, model, failures)
                     if failures[-1].error_class == "context_overflow":
-                        queue = [m for m in queue if m.max_context_tokens > model.max_context_tokens]
-                    if queue:
-                        self._announce_failover(model, queue[0], failures[-1])
+                        overflowed = max(overflowed, model.max_context_tokens)
+                    fits = (m for m in following(tried) if m.max_context_tokens > overflowed)
+                    upcoming = next(fits, None)
+                    if upcoming is not None:
+                        self._announce_failover(model, upcoming, failures[-1])
         except TimeoutError:
             failures.append(
                 UpstreamError(
@@ -483,6 +542,10 @@ def _within_budget(request: ChatRequest, cap: int | None) -> ChatRequest:
         return request
     field = "max_completion_tokens" if request.max_completion_tokens is not None else "max_tokens"
     return request.model_copy(update={field: cap})
+
+
+def _estimate(request: ChatRequest) -> Estimate:
+    return Estimate(input_tokens=_estimate_input(request), output_limit=request.output_limit)
 
 
 def _estimate_input(request: ChatRequest) -> int:
