@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +37,67 @@ async def test_a_reservation_counts_until_it_is_settled(spend: SpendStore) -> No
     assert not await spend.reserve("k1", "total", 0.6, budget=1.0)  # held, though nothing is spent yet
     await spend.settle("k1", "total", reserved=0.6, actual=0.1)  # the call cost less than reserved
     assert await spend.reserve("k1", "total", 0.6, budget=1.0)
+
+
+@pytest.fixture
+async def sqlite_spend(tmp_path: Path) -> AsyncIterator[tuple[SpendStore, Path]]:
+    """A spend store on a SQLite file, and the file, for a second connection to take its write lock."""
+    async with open_store("sqlite", tmp_path) as store:
+        assert store.url.database is not None
+        yield SpendStore(store), Path(store.url.database)
+
+
+@contextlib.contextmanager
+def write_lock_held(path: Path) -> Iterator[sqlite3.Connection]:
+    """Another connection holding the file's write lock (as a batch of request logs being written does)."""
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield other
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+
+
+async def test_a_reservation_waits_off_the_event_loop_while_another_connection_writes(
+    sqlite_spend: tuple[SpendStore, Path],
+) -> None:
+    spend, path = sqlite_spend
+    with write_lock_held(path):
+        reserving = asyncio.create_task(spend.reserve("k1", "total", 0.5, budget=1.0))
+        ticks = 0
+        for _ in range(10):  # the loop keeps running meanwhile
+            await asyncio.sleep(0.02)
+            ticks += 1
+        assert ticks == 10 and not reserving.done()
+    assert await asyncio.wait_for(reserving, 10)
+    assert await spend.spent("k1", "total") == pytest.approx((0.0, 0.5))
+
+
+async def test_a_reservation_whose_caller_left_while_it_waited_is_released(
+    sqlite_spend: tuple[SpendStore, Path],
+) -> None:
+    spend, path = sqlite_spend
+    with write_lock_held(path):
+        reserving = asyncio.create_task(spend.reserve("k1", "total", 0.5, budget=1.0))
+        await asyncio.sleep(0.1)
+        reserving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reserving
+    # The reservation still went through once the lock was free (its period's row is there), and was
+    # released after it. Bounded: 10 s.
+    for _ in range(500):
+        if reserved_in(path, "k1", "total") == 0.0:
+            break
+        await asyncio.sleep(0.02)
+    assert await spend.reserve("k1", "total", 1.0, budget=1.0)  # all of the budget is there
+
+
+def reserved_in(path: Path, key_id: str, period: str) -> float | None:
+    """The period's reserved USD as the file has it; None before its row exists."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        row = db.execute(
+            "SELECT reserved_usd FROM key_spend WHERE key_id = ? AND period = ?", (key_id, period)
+        ).fetchone()
+    return None if row is None else float(row[0])

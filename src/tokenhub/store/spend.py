@@ -1,18 +1,20 @@
 """Spend per API key and budget period: reserved atomically before a call, settled to the real cost after.
 
 The reservation is one conditional UPDATE — ``spent + reserved + amount <= budget`` — so concurrent requests,
-from one process or many sharing PostgreSQL, can never reserve past the budget together.
+from one process or many sharing the database, can never reserve past the budget together.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 
 from tokenhub.store.schema import key_spend, request_logs
-from tokenhub.store.sql import SQLStore
+from tokenhub.store.sql import SQLStore, sqlite_time
 
 
 def period_start(kind: str | None, now: datetime | None = None) -> datetime | None:
@@ -43,17 +45,31 @@ def period_of(kind: str | None, now: datetime | None = None) -> str:
 
 
 class SpendStore:
+    """Reservations and settlements bypass SQLAlchemy, which made each statement, commit and pool reset a
+    round trip of its own (2.4 ms of the gateway's CPU a request on SQLite, 3.1 on PostgreSQL): on a SQLite
+    file they are the store's own short transactions (``store.sqlite_transactions``), on PostgreSQL one
+    statement each (``SQLStore.postgres_fetchval``)."""
+
     def __init__(self, store: SQLStore) -> None:
         self._store = store
 
     async def reserve(self, key_id: str, period: str, amount: float, budget: float) -> bool:
         """Reserve ``amount`` USD if the period's spend and reservations leave room within ``budget``."""
         now = datetime.now(UTC)
-        insert = sqlite.insert if self._store.is_sqlite else postgresql.insert
+        if self._store.sqlite is not None:
+            reserve = partial(_sqlite_reserve, key_id, period, amount, budget, now)
+            # Reserved for a caller that was cancelled meanwhile: nobody will settle it, so release it.
+            release = partial(_sqlite_release, key_id, period, amount)
+            return await self._store.sqlite.run(reserve, undo=release)
+        if not self._store.is_sqlite:
+            return bool(
+                await self._store.postgres_fetchval(_POSTGRES_RESERVE, key_id, period, amount, budget, now)
+            )
+        # An in-memory SQLite database (tests), through SQLAlchemy.
         where = (key_spend.c.key_id == key_id) & (key_spend.c.period == period)
         async with self._store.engine.begin() as conn:
             await conn.execute(
-                insert(key_spend)
+                sqlite.insert(key_spend)
                 .values(key_id=key_id, period=period, spent_usd=0.0, reserved_usd=0.0, updated_at=now)
                 .on_conflict_do_nothing(index_elements=["key_id", "period"])
             )
@@ -66,6 +82,15 @@ class SpendStore:
 
     async def settle(self, key_id: str, period: str, reserved: float, actual: float) -> None:
         """Release ``reserved`` and count ``actual`` (what the call really cost)."""
+        if self._store.sqlite is not None:
+            now = datetime.now(UTC)
+            await self._store.sqlite.run(partial(_sqlite_settle, key_id, period, reserved, actual, now))
+            return
+        if not self._store.is_sqlite:
+            await self._store.postgres_fetchval(
+                _POSTGRES_SETTLE, reserved, actual, datetime.now(UTC), key_id, period
+            )
+            return
         where = (key_spend.c.key_id == key_id) & (key_spend.c.period == period)
         async with self._store.engine.begin() as conn:
             await conn.execute(
@@ -98,3 +123,53 @@ class SpendStore:
         async with self._store.engine.connect() as conn:
             row = (await conn.execute(query)).first()
         return (float(row.spent_usd), float(row.reserved_usd)) if row else (0.0, 0.0)
+
+
+# A reservation in one statement: a new period's row is inserted only if the amount fits the budget, an
+# existing one updated only if it still fits. PostgreSQL locks the conflicting row and checks the WHERE on
+# its newest version, so concurrent reservations serialise on the row.
+_POSTGRES_RESERVE = """
+INSERT INTO key_spend AS spend (key_id, period, spent_usd, reserved_usd, updated_at)
+SELECT $1, $2, 0.0, $3::float8, $5 WHERE $3::float8 <= $4::float8
+ON CONFLICT (key_id, period) DO UPDATE
+SET reserved_usd = spend.reserved_usd + excluded.reserved_usd, updated_at = excluded.updated_at
+WHERE spend.spent_usd + spend.reserved_usd + excluded.reserved_usd <= $4::float8
+RETURNING 1
+"""
+_POSTGRES_SETTLE = """
+UPDATE key_spend SET reserved_usd = reserved_usd - $1, spent_usd = spent_usd + $2, updated_at = $3
+WHERE key_id = $4 AND period = $5
+"""
+
+# The statements SQLAlchemy sends on SQLite for the same changes; times stored as it stores them.
+_SQLITE_OPEN_PERIOD = (
+    "INSERT INTO key_spend (key_id, period, spent_usd, reserved_usd, updated_at) VALUES (?, ?, 0.0, 0.0, ?) "
+    "ON CONFLICT (key_id, period) DO NOTHING"
+)
+_SQLITE_RESERVE = (
+    "UPDATE key_spend SET reserved_usd = reserved_usd + ?, updated_at = ? "
+    "WHERE key_id = ? AND period = ? AND spent_usd + reserved_usd + ? <= ?"
+)
+_SQLITE_SETTLE = (
+    "UPDATE key_spend SET reserved_usd = reserved_usd - ?, spent_usd = spent_usd + ?, updated_at = ? "
+    "WHERE key_id = ? AND period = ?"
+)
+
+
+def _sqlite_reserve(
+    key_id: str, period: str, amount: float, budget: float, now: datetime, db: sqlite3.Connection
+) -> bool:
+    at = sqlite_time(now)
+    db.execute(_SQLITE_OPEN_PERIOD, (key_id, period, at))
+    return db.execute(_SQLITE_RESERVE, (amount, at, key_id, period, amount, budget)).rowcount > 0
+
+
+def _sqlite_settle(
+    key_id: str, period: str, reserved: float, actual: float, now: datetime, db: sqlite3.Connection
+) -> None:
+    db.execute(_SQLITE_SETTLE, (reserved, actual, sqlite_time(now), key_id, period))
+
+
+def _sqlite_release(key_id: str, period: str, amount: float, db: sqlite3.Connection, reserved: bool) -> None:
+    if reserved:
+        _sqlite_settle(key_id, period, amount, 0.0, datetime.now(UTC), db)
