@@ -4,7 +4,10 @@ differences and ratios measured side by side in the one run."""
 
 from __future__ import annotations
 
+import json
+import secrets
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -22,6 +25,7 @@ SOAK_BLOCK = 2000
 SOAK_SAMPLE_S = 10.0
 SOAK_SETTLED_S = 60.0  # the soak's RSS baseline: after the first minute, once caches have filled
 DURABLE_WAIT_S = 60.0
+ADMIN_TOKEN = secrets.token_hex(16)  # the budgeted gateway's admin API, for making its key
 NAIVE_PROXY = "naive proxy"
 FRAMEWORK_FLOOR = "framework floor"
 
@@ -31,6 +35,7 @@ PLANS: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
     "nonstream_c1": ((3, 500), (8, 1000)),
     "nonstream_c16": ((3, 1500), (6, 2000)),
     "nonstream_c64": ((3, 2000), (6, 3000)),
+    "budgeted_c64": ((3, 1000), (6, 2000)),
     "stream_c1": ((3, 150), (6, 500)),
     "stream_c64": ((3, 320), (6, 640)),
     "streams_500": ((1, 500), (3, 500)),
@@ -52,6 +57,7 @@ class Load:
     stream: bool = False
     open_streams: bool = False
     rate: float | None = None  # requests started per second at most
+    headers: dict[str, str] | None = None
 
     def command(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
         if self.open_streams:
@@ -63,6 +69,7 @@ class Load:
             "stream": self.stream,
             "body": body,
             "rate": self.rate,
+            "headers": self.headers or {},
         }
 
     @property
@@ -281,6 +288,37 @@ def chat(
     return result
 
 
+def budgeted(bench: Bench) -> dict[str, Any]:
+    """Non-stream at concurrency 64 through a gateway of its own whose one API key has a budget and a
+    requests-per-minute limit, both too large to refuse: every request is authenticated, counted against the
+    limit, and reserves and settles its cost in the store."""
+    name = "budgeted_c64"
+    rounds, block = bench.plan(name)
+    env = {"TOKENHUB_ADMIN_TOKEN": ADMIN_TOKEN}
+    gateway = bench.stack.gateway("gateway-budgeted", bench.catalog, "bench-budgeted.db", env)
+    secret = _create_key(gateway, {"name": "bench", "budget_usd": 1_000_000.0, "rpm": 1_000_000})
+    load = Load(64, block, headers={"authorization": f"Bearer {secret}"})
+    try:
+        comparison = alternate(bench, load, chat_body(MODEL), bench.upstream.chat_url, gateway, rounds)
+    finally:
+        gateway.proc.stop()
+    result = summarise(name, load, rounds, comparison)
+    result["note"] = "an API key with a budget and an rpm limit on every request (SQLite store)"
+    return result
+
+
+def _create_key(gateway: Server, spec: dict[str, Any]) -> str:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{gateway.port}/admin/v1/keys",
+        data=json.dumps(spec).encode(),
+        headers={"authorization": f"Bearer {ADMIN_TOKEN}", "content-type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - the local gateway
+        secret: str = json.loads(response.read())["key"]
+    return secret
+
+
 def streams_500(bench: Bench) -> dict[str, Any]:
     name = "streams_500"
     rounds, streams = bench.plan(name)
@@ -392,6 +430,7 @@ SCENARIOS: dict[str, Scenario] = {
     "nonstream_c1": partial(chat, name="nonstream_c1", concurrency=1, stream=False, references=True),
     "nonstream_c16": partial(chat, name="nonstream_c16", concurrency=16, stream=False),
     "nonstream_c64": partial(chat, name="nonstream_c64", concurrency=64, stream=False, references=True),
+    "budgeted_c64": budgeted,
     "stream_c1": partial(chat, name="stream_c1", concurrency=1, stream=True, references=True),
     # Paced: at full speed, 64 streams of 200 bursting tokens saturate the load generator itself.
     "stream_c64": partial(chat, name="stream_c64", concurrency=64, stream=True, paced=True, references=True),
