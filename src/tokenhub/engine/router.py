@@ -140,13 +140,16 @@ class Engine:
         """
         ranked, reasons, estimate = self._consider(request, policy, pin, exclude, avoid)
         if not ranked:
-            waits = [
-                self.health.retry_after(m.provider_id)
-                for m in self.registry.routable()
-                if reasons.get(m.id) == "unhealthy"
-            ]
-            raise NoEligibleModel(reasons, retry_after=min(waits) if waits else None)
+            raise self._none_eligible(reasons)
         return [model for model, _ in ranked], estimate
+
+    def _none_eligible(self, reasons: dict[str, IneligibleReason]) -> NoEligibleModel:
+        waits = [
+            self.health.retry_after(m.provider_id)
+            for m in self.registry.routable()
+            if reasons.get(m.id) == "unhealthy"
+        ]
+        return NoEligibleModel(reasons, retry_after=min(waits) if waits else None)
 
     def simulate(
         self,
@@ -237,8 +240,12 @@ class Engine:
             and ineligibility(named, policy, estimate, self.health) is None
         ):
             first = named
-        else:  # nothing named, or a named model that may not take it: the best of the others
-            first = self.plan(request, policy, pin=pin, exclude=exclude, avoid=avoid)[0][0]
+        else:  # nothing named, or a named model that may not take it (so not among the ranked): the best
+            considered = (named,) if pin and named is not None else self.registry.routable()
+            ranked, reasons = self._rank(considered, policy, estimate, exclude, avoid)
+            if not ranked:
+                raise self._none_eligible(reasons)
+            first = ranked[0][0]
 
         def following(tried: Collection[str]) -> list[ModelSpec]:
             if pin and named is not None:  # the named model alone
