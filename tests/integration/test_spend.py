@@ -39,6 +39,22 @@ async def test_a_reservation_counts_until_it_is_settled(spend: SpendStore) -> No
     assert await spend.reserve("k1", "total", 0.6, budget=1.0)
 
 
+async def test_a_settlement_whose_caller_left_still_lands(spend: SpendStore) -> None:
+    """A client that disconnects while its call is settled: the cost is still counted and the reservation
+    released. Cancelled as soon as it has started: on PostgreSQL while its statement is under way."""
+    assert await spend.reserve("k1", "total", 0.5, budget=1.0)
+    settling = asyncio.create_task(spend.settle("k1", "total", reserved=0.5, actual=0.2))
+    await asyncio.sleep(0)
+    settling.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await settling
+    for _ in range(500):  # bounded: 10 s
+        if await spend.spent("k1", "total") == pytest.approx((0.2, 0.0)):
+            break
+        await asyncio.sleep(0.02)
+    assert await spend.spent("k1", "total") == pytest.approx((0.2, 0.0))
+
+
 @pytest.fixture
 async def sqlite_spend(tmp_path: Path) -> AsyncIterator[tuple[SpendStore, Path]]:
     """A spend store on a SQLite file, and the file, for a second connection to take its write lock."""
@@ -91,6 +107,25 @@ async def test_a_reservation_whose_caller_left_while_it_waited_is_released(
             break
         await asyncio.sleep(0.02)
     assert await spend.reserve("k1", "total", 1.0, budget=1.0)  # all of the budget is there
+
+
+async def test_a_settlement_whose_caller_left_while_it_waited_still_lands(
+    sqlite_spend: tuple[SpendStore, Path],
+) -> None:
+    spend, path = sqlite_spend
+    assert await spend.reserve("k1", "total", 0.5, budget=1.0)
+    with write_lock_held(path):
+        settling = asyncio.create_task(spend.settle("k1", "total", reserved=0.5, actual=0.2))
+        await asyncio.sleep(0.1)
+        settling.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await settling
+        assert reserved_in(path, "k1", "total") == 0.5  # not yet: the lock is still held
+    for _ in range(500):  # bounded: 10 s
+        if reserved_in(path, "k1", "total") == 0.0:
+            break
+        await asyncio.sleep(0.02)
+    assert await spend.spent("k1", "total") == pytest.approx((0.2, 0.0))
 
 
 def reserved_in(path: Path, key_id: str, period: str) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -167,8 +168,8 @@ async def test_writer_keeps_rows_through_a_database_outage() -> None:
 
 
 async def test_a_large_batch_is_stored_whole_and_once(store: SQLStore) -> None:
-    """389 rows in one batch (SQLite: 15 statements of 25 rows and one of 14), written twice: stored whole,
-    every value in its own row, and once."""
+    """389 rows in one batch (SQLite: four trips to its thread, 15 statements of 25 rows and one of 14),
+    written twice: stored whole, every value in its own row, and once."""
     rows = [row(i) for i in range(389)]
     await store.write_request_logs(rows)
     await store.write_request_logs(rows)
@@ -178,3 +179,21 @@ async def test_a_large_batch_is_stored_whole_and_once(store: SQLStore) -> None:
         got = stored[sent.id]
         at = got.created_at.astimezone(UTC) if got.created_at.tzinfo else got.created_at.replace(tzinfo=UTC)
         assert dataclasses.replace(got, created_at=at) == sent
+
+
+async def test_a_batch_written_while_another_connection_writes_waits_for_it_off_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    async with open_store("sqlite", tmp_path) as store:
+        assert store.url.database is not None
+        other = sqlite3.connect(store.url.database, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # the file's write lock
+            writing = asyncio.create_task(store.write_request_logs([row(i) for i in range(150)]))
+            await asyncio.sleep(0.2)  # would stall for the whole busy timeout if the loop waited on the lock
+            assert not writing.done()
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        await asyncio.wait_for(writing, 10)
+        assert len(await store.request_logs(limit=200)) == 150

@@ -86,7 +86,8 @@ class Reservation:
 
 class SpendGuard(Protocol):
     """Budgets of the accounts paying for calls. ``reserve`` raises ``QuotaExceeded`` when there is no
-    room, and returns None for an account without a budget (nothing to hold back)."""
+    room, and returns None for an account without a budget (nothing to hold back). ``settle`` completes
+    even when its caller is cancelled meanwhile."""
 
     async def reserve(self, account: str, amount_usd: float) -> Reservation | None: ...
 
@@ -484,7 +485,7 @@ class Engine:
 
     async def _settle(self, reservation: Reservation | None, actual_usd: float) -> None:
         if reservation is not None and self._spend is not None:
-            await asyncio.shield(self._spend.settle(reservation, actual_usd))
+            await self._spend.settle(reservation, actual_usd)
 
     def _record_failure(self, model: ModelSpec, exc: UpstreamError) -> None:
         exc.provider_id = exc.provider_id or model.provider_id

@@ -6,12 +6,11 @@ from one process or many sharing the database, can never reserve past the budget
 
 from __future__ import annotations
 
-import sqlite3
+import asyncio
 from datetime import UTC, datetime, timedelta
-from functools import partial
+from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects import sqlite
+from sqlalchemy import func, select
 
 from tokenhub.store.schema import key_spend, request_logs
 from tokenhub.store.sql import SQLStore, sqlite_time
@@ -46,9 +45,9 @@ def period_of(kind: str | None, now: datetime | None = None) -> str:
 
 class SpendStore:
     """Reservations and settlements bypass SQLAlchemy, which made each statement, commit and pool reset a
-    round trip of its own (2.4 ms of the gateway's CPU a request on SQLite, 3.1 on PostgreSQL): on a SQLite
-    file they are the store's own short transactions (``store.sqlite_transactions``), on PostgreSQL one
-    statement each (``SQLStore.postgres_fetchval``)."""
+    round trip of its own (2.4 ms of the gateway's CPU a request on SQLite, 3.1 on PostgreSQL): each is one
+    statement, on a SQLite file run by ``store.sqlite_writes``, on PostgreSQL by
+    ``SQLStore.postgres_fetchval``."""
 
     def __init__(self, store: SQLStore) -> None:
         self._store = store
@@ -56,52 +55,36 @@ class SpendStore:
     async def reserve(self, key_id: str, period: str, amount: float, budget: float) -> bool:
         """Reserve ``amount`` USD if the period's spend and reservations leave room within ``budget``."""
         now = datetime.now(UTC)
-        if self._store.sqlite is not None:
-            reserve = partial(_sqlite_reserve, key_id, period, amount, budget, now)
-            # Reserved for a caller that was cancelled meanwhile: nobody will settle it, so release it.
-            release = partial(_sqlite_release, key_id, period, amount)
-            return await self._store.sqlite.run(reserve, undo=release)
         if not self._store.is_sqlite:
             return bool(
                 await self._store.postgres_fetchval(_POSTGRES_RESERVE, key_id, period, amount, budget, now)
             )
-        # An in-memory SQLite database (tests), through SQLAlchemy.
-        where = (key_spend.c.key_id == key_id) & (key_spend.c.period == period)
-        async with self._store.engine.begin() as conn:
-            await conn.execute(
-                sqlite.insert(key_spend)
-                .values(key_id=key_id, period=period, spent_usd=0.0, reserved_usd=0.0, updated_at=now)
-                .on_conflict_do_nothing(index_elements=["key_id", "period"])
-            )
-            reserved = await conn.execute(
-                update(key_spend)
-                .where(where & (key_spend.c.spent_usd + key_spend.c.reserved_usd + amount <= budget))
-                .values(reserved_usd=key_spend.c.reserved_usd + amount, updated_at=now)
-            )
-            return bool(reserved.rowcount)
+        at = sqlite_time(now)
+        reserve = (key_id, period, amount, at, amount, budget, budget)
+        if self._store.sqlite is None:
+            return bool(await self._in_memory(_SQLITE_RESERVE, reserve))
+        # Reserved for a caller that was cancelled meanwhile: nobody will settle it, so release it.
+        release = (_SQLITE_SETTLE, (amount, 0.0, at, key_id, period))
+        return bool(await self._store.sqlite.execute(_SQLITE_RESERVE, reserve, undo=release))
 
     async def settle(self, key_id: str, period: str, reserved: float, actual: float) -> None:
-        """Release ``reserved`` and count ``actual`` (what the call really cost)."""
-        if self._store.sqlite is not None:
-            now = datetime.now(UTC)
-            await self._store.sqlite.run(partial(_sqlite_settle, key_id, period, reserved, actual, now))
+        """Release ``reserved`` and count ``actual`` (what the call really cost). A settlement whose caller is
+        cancelled meanwhile (a client that left) still completes."""
+        now = datetime.now(UTC)
+        settle = (reserved, actual, sqlite_time(now), key_id, period)
+        if self._store.sqlite is not None:  # at once, else on a thread that finishes it anyway
+            await self._store.sqlite.execute(_SQLITE_SETTLE, settle)
             return
-        if not self._store.is_sqlite:
-            await self._store.postgres_fetchval(
-                _POSTGRES_SETTLE, reserved, actual, datetime.now(UTC), key_id, period
-            )
-            return
-        where = (key_spend.c.key_id == key_id) & (key_spend.c.period == period)
+        if self._store.is_sqlite:
+            settling = self._in_memory(_SQLITE_SETTLE, settle)
+        else:
+            settling = self._store.postgres_fetchval(_POSTGRES_SETTLE, reserved, actual, now, key_id, period)
+        await asyncio.shield(settling)
+
+    async def _in_memory(self, statement: str, parameters: tuple[Any, ...]) -> int:
+        """``statement`` through the SQLAlchemy engine: an in-memory SQLite database (tests) is its alone."""
         async with self._store.engine.begin() as conn:
-            await conn.execute(
-                update(key_spend)
-                .where(where)
-                .values(
-                    reserved_usd=key_spend.c.reserved_usd - reserved,
-                    spent_usd=key_spend.c.spent_usd + actual,
-                    updated_at=datetime.now(UTC),
-                )
-            )
+            return (await conn.exec_driver_sql(statement, parameters)).rowcount
 
     async def logged_spend(self, key_id: str, since: datetime | None) -> float:
         """What the request logs say the key spent since ``since`` (every request, budget or not)."""
@@ -141,35 +124,16 @@ UPDATE key_spend SET reserved_usd = reserved_usd - $1, spent_usd = spent_usd + $
 WHERE key_id = $4 AND period = $5
 """
 
-# The statements SQLAlchemy sends on SQLite for the same changes; times stored as it stores them.
-_SQLITE_OPEN_PERIOD = (
-    "INSERT INTO key_spend (key_id, period, spent_usd, reserved_usd, updated_at) VALUES (?, ?, 0.0, 0.0, ?) "
-    "ON CONFLICT (key_id, period) DO NOTHING"
-)
-_SQLITE_RESERVE = (
-    "UPDATE key_spend SET reserved_usd = reserved_usd + ?, updated_at = ? "
-    "WHERE key_id = ? AND period = ? AND spent_usd + reserved_usd + ? <= ?"
-)
+# The same on SQLite, times stored as SQLAlchemy stores them. One statement each, so that each is its own
+# transaction (store.sqlite_writes).
+_SQLITE_RESERVE = """
+INSERT INTO key_spend (key_id, period, spent_usd, reserved_usd, updated_at)
+SELECT ?, ?, 0.0, ?, ? WHERE ? <= ?
+ON CONFLICT (key_id, period) DO UPDATE
+SET reserved_usd = reserved_usd + excluded.reserved_usd, updated_at = excluded.updated_at
+WHERE spent_usd + reserved_usd + excluded.reserved_usd <= ?
+"""
 _SQLITE_SETTLE = (
     "UPDATE key_spend SET reserved_usd = reserved_usd - ?, spent_usd = spent_usd + ?, updated_at = ? "
     "WHERE key_id = ? AND period = ?"
 )
-
-
-def _sqlite_reserve(
-    key_id: str, period: str, amount: float, budget: float, now: datetime, db: sqlite3.Connection
-) -> bool:
-    at = sqlite_time(now)
-    db.execute(_SQLITE_OPEN_PERIOD, (key_id, period, at))
-    return db.execute(_SQLITE_RESERVE, (amount, at, key_id, period, amount, budget)).rowcount > 0
-
-
-def _sqlite_settle(
-    key_id: str, period: str, reserved: float, actual: float, now: datetime, db: sqlite3.Connection
-) -> None:
-    db.execute(_SQLITE_SETTLE, (reserved, actual, sqlite_time(now), key_id, period))
-
-
-def _sqlite_release(key_id: str, period: str, amount: float, db: sqlite3.Connection, reserved: bool) -> None:
-    if reserved:
-        _sqlite_settle(key_id, period, amount, 0.0, datetime.now(UTC), db)

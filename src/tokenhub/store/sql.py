@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from tokenhub.store.migrations import migrate
 from tokenhub.store.models import RequestLog
 from tokenhub.store.schema import request_logs, runtime_settings
-from tokenhub.store.sqlite_transactions import SQLiteTransactions
+from tokenhub.store.sqlite_writes import SQLiteWrites
 
 
 class Store(Protocol):
@@ -48,9 +48,9 @@ class SQLStore:
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
         self._postgres: asyncpg.Pool | None = None
         database = self.url.database
-        # The request path's own transactions on a SQLite file (an in-memory database is the engine's alone).
+        # The request path's own writes to a SQLite file (an in-memory database is the engine's alone).
         self.sqlite = (
-            SQLiteTransactions(database) if self._is_sqlite and database and database != ":memory:" else None
+            SQLiteWrites(database) if self._is_sqlite and database and database != ":memory:" else None
         )
 
     @property
@@ -116,17 +116,17 @@ class SQLStore:
         """
         if not rows:
             return
+        if self.sqlite is not None:
+            for start in range(0, len(rows), SQLITE_ROWS_PER_TRIP):
+                part = rows[start : start + SQLITE_ROWS_PER_TRIP]
+                await self.sqlite.execute_on_thread([_sqlite_insert_of(chunk) for chunk in _chunks(part)])
+            return
         async with self._engine.begin() as conn:
             if not self._is_sqlite:
                 await conn.exec_driver_sql(_POSTGRES_INSERT_LOG, [_log_values(row) for row in rows])
                 return
-            size = SQLITE_ROWS_PER_INSERT
-            whole = len(rows) - len(rows) % size
-            if whole:
-                chunks = [_sqlite_params(rows[at : at + size]) for at in range(0, whole, size)]
-                await conn.exec_driver_sql(_sqlite_insert(size), chunks)
-            if whole < len(rows):
-                await conn.exec_driver_sql(_sqlite_insert(len(rows) - whole), _sqlite_params(rows[whole:]))
+            for statement, parameters in map(_sqlite_insert_of, _chunks(rows)):  # in memory (tests)
+                await conn.exec_driver_sql(statement, parameters)
 
     async def get_setting(self, key: str) -> str | None:
         query = select(runtime_settings.c.value).where(runtime_settings.c.key == key)
@@ -175,6 +175,7 @@ _CREATED_AT = _LOG_COLUMNS.index("created_at")
 
 
 SQLITE_ROWS_PER_INSERT = 25
+SQLITE_ROWS_PER_TRIP = 100
 _ROW_PLACEHOLDERS = f"({', '.join('?' * len(_LOG_COLUMNS))})"
 
 
@@ -184,6 +185,14 @@ def _sqlite_insert(count: int) -> str:
     values = ", ".join([_ROW_PLACEHOLDERS] * count)
     # Only the table's own column names go into it, nothing from outside.
     return f"INSERT INTO request_logs ({_COLUMN_LIST}) VALUES {values} ON CONFLICT (id) DO NOTHING"  # noqa: S608
+
+
+def _chunks(rows: Sequence[RequestLog]) -> list[Sequence[RequestLog]]:
+    return [rows[at : at + SQLITE_ROWS_PER_INSERT] for at in range(0, len(rows), SQLITE_ROWS_PER_INSERT)]
+
+
+def _sqlite_insert_of(rows: Sequence[RequestLog]) -> tuple[str, tuple[Any, ...]]:
+    return _sqlite_insert(len(rows)), _sqlite_params(rows)
 
 
 def _sqlite_params(rows: Sequence[RequestLog]) -> tuple[Any, ...]:
