@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from sqlalchemy import func, select
@@ -51,14 +52,20 @@ class SpendStore:
 
     def __init__(self, store: SQLStore) -> None:
         self._store = store
+        self._releasing: set[asyncio.Future[None]] = set()
 
     async def reserve(self, key_id: str, period: str, amount: float, budget: float) -> bool:
         """Reserve ``amount`` USD if the period's spend and reservations leave room within ``budget``."""
         now = datetime.now(UTC)
         if not self._store.is_sqlite:
-            return bool(
-                await self._store.postgres_fetchval(_POSTGRES_RESERVE, key_id, period, amount, budget, now)
-            )
+            statement = self._store.postgres_fetchval(_POSTGRES_RESERVE, key_id, period, amount, budget, now)
+            reserving = asyncio.ensure_future(statement)
+            try:
+                return bool(await asyncio.shield(reserving))
+            except asyncio.CancelledError:
+                # A statement cut off half way may still reserve; run it to its end and release what it held.
+                reserving.add_done_callback(partial(self._release, key_id, period, amount))
+                raise
         at = sqlite_time(now)
         reserve = (key_id, period, amount, at, amount, budget, budget)
         if self._store.sqlite is None:
@@ -66,6 +73,12 @@ class SpendStore:
         # Reserved for a caller that was cancelled meanwhile: nobody will settle it, so release it.
         release = (_SQLITE_SETTLE, (amount, 0.0, at, key_id, period))
         return bool(await self._store.sqlite.execute(_SQLITE_RESERVE, reserve, undo=release))
+
+    def _release(self, key_id: str, period: str, amount: float, reserving: asyncio.Future[Any]) -> None:
+        if not reserving.cancelled() and reserving.exception() is None and reserving.result():
+            releasing = asyncio.ensure_future(self.settle(key_id, period, amount, 0.0))
+            self._releasing.add(releasing)  # held until done: the loop keeps only weak references to tasks
+            releasing.add_done_callback(self._releasing.discard)
 
     async def settle(self, key_id: str, period: str, reserved: float, actual: float) -> None:
         """Release ``reserved`` and count ``actual`` (what the call really cost). A settlement whose caller is
