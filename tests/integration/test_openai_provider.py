@@ -54,9 +54,10 @@ async def test_a_burst_comes_out_in_order_in_bounded_batches(
     fake_openai: tuple[FakeOpenAI, str], provider: OpenAICompatProvider
 ) -> None:
     fake, _ = fake_openai
-    fake.push(Reply(chunks=[b"".join(frame(c) for c in text_chunks(WORDS))]))  # one write: 42 events
+    many = WORDS * 4  # one write of 163 events: more than the first batch and a full one after it
+    fake.push(Reply(chunks=[b"".join(frame(c) for c in text_chunks(many))]))
     received = await batches(provider)
-    assert words(received) == ["", *WORDS, None]
+    assert words(received) == ["", *many, None]
     assert 1 <= len(received[0]) <= FIRST_BATCH_EVENTS
     assert all(1 <= len(batch) <= MAX_BATCH_EVENTS for batch in received)
 
