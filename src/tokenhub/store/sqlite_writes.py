@@ -46,8 +46,9 @@ class SQLiteWrites:
             try:
                 return connection.execute(statement, parameters).rowcount
             except sqlite3.OperationalError as exc:
-                # SQLite takes the lock before it changes anything: a busy statement did nothing.
-                if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                # SQLite takes the lock before it changes anything: a busy statement did nothing. (Its
+                # extended codes too: another connection recovering the write-ahead log, say.)
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                     raise
         job = self._executor.submit(self._each, [(statement, parameters)])
         try:
