@@ -2,6 +2,7 @@
 tree, both loaded at the same time, each by its own load generator through its own fake upstream.
 
     python -m bench.ab --base REV [--pairs 8] [--requests 5000] [--concurrency 32] [--stream] [--models 1]
+                       [--key '{"rpm": 1000000}']
 
 Alternating blocks (what ``bench.run`` does against the upstream) read ±15 % a pair for the same code on a
 noisy VM; loaded at the same time, both sides meet the same noise, and a pair reads within ±3-6 %. The two
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import statistics
 import subprocess
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import cpu_seconds
-from bench.scenarios import MODEL, chat_body
+from bench.scenarios import ADMIN_TOKEN, MODEL, chat_body, create_key
 from bench.stack import ROOT, LoadGenClient, Server, Stack
 
 BLOCK_TIMEOUT_S = 600.0
@@ -43,6 +45,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=1,
         help="models in the catalogue, each on its own provider; requests name the first",
+    )
+    parser.add_argument(
+        "--key",
+        type=json.loads,
+        help="send every request with an API key made with these fields (JSON: budget_usd, rpm, tpm…)",
     )
     return parser.parse_args(argv)
 
@@ -63,20 +70,23 @@ def _worktree(rev: str) -> Iterator[Path]:
 class Side:
     """One gateway, its upstream and its load generator."""
 
-    def __init__(self, stack: Stack, name: str, src: Path, models: int) -> None:
+    def __init__(self, stack: Stack, name: str, src: Path, models: int, key: dict[str, Any] | None) -> None:
         upstream = stack.upstream(f"upstream-{name}")
         others = [(f"{MODEL}-{i}", f"bench-{i}", upstream) for i in range(1, models)]
         catalog = stack.catalog([(MODEL, "bench", upstream), *others])
         catalog = catalog.rename(catalog.with_name(f"catalog-{name}.yaml"))
-        self.gateway: Server = stack.gateway(
-            f"gateway-{name}", catalog, f"{name}.db", {"PYTHONPATH": str(src)}
-        )
+        env = {"PYTHONPATH": str(src)} | ({"TOKENHUB_ADMIN_TOKEN": ADMIN_TOKEN} if key is not None else {})
+        self.gateway: Server = stack.gateway(f"gateway-{name}", catalog, f"{name}.db", env)
+        self.headers: dict[str, str] = {}
+        if key is not None:
+            secret = create_key(self.gateway, {"name": "bench", **key})
+            self.headers = {"authorization": f"Bearer {secret}"}
         self.loadgen: LoadGenClient = stack.loadgen()
 
     def block(self, command: dict[str, Any], into: dict[str, float], key: str) -> None:
         """Run one block; put the gateway's CPU milliseconds a request under ``into[key]``."""
         before = cpu_seconds(self.gateway.proc.pid)
-        self.loadgen.run({**command, "url": self.gateway.chat_url}, BLOCK_TIMEOUT_S)
+        self.loadgen.run({**command, "url": self.gateway.chat_url, "headers": self.headers}, BLOCK_TIMEOUT_S)
         into[key] = (cpu_seconds(self.gateway.proc.pid) - before) / command["requests"] * 1000
 
 
@@ -115,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label}:")
             with contextlib.ExitStack() as exits:
                 stack = Stack(Path(tempfile.mkdtemp(dir=tmp)), exits)
-                sides = {name: Side(stack, name, src, args.models) for name, src in slots.items()}
+                sides = {name: Side(stack, name, src, args.models, args.key) for name, src in slots.items()}
                 ratios = _round(sides, command, args.pairs)
             median = statistics.median(ratios)
             results.append(median if slots["B"] == work else 1 / median)

@@ -296,7 +296,7 @@ def budgeted(bench: Bench) -> dict[str, Any]:
     rounds, block = bench.plan(name)
     env = {"TOKENHUB_ADMIN_TOKEN": ADMIN_TOKEN}
     gateway = bench.stack.gateway("gateway-budgeted", bench.catalog, "bench-budgeted.db", env)
-    secret = _create_key(gateway, {"name": "bench", "budget_usd": 1_000_000.0, "rpm": 1_000_000})
+    secret = create_key(gateway, {"name": "bench", "budget_usd": 1_000_000.0, "rpm": 1_000_000})
     load = Load(64, block, headers={"authorization": f"Bearer {secret}"})
     try:
         comparison = alternate(bench, load, chat_body(MODEL), bench.upstream.chat_url, gateway, rounds)
@@ -307,7 +307,7 @@ def budgeted(bench: Bench) -> dict[str, Any]:
     return result
 
 
-def _create_key(gateway: Server, spec: dict[str, Any]) -> str:
+def create_key(gateway: Server, spec: dict[str, Any]) -> str:
     request = urllib.request.Request(
         f"http://127.0.0.1:{gateway.port}/admin/v1/keys",
         data=json.dumps(spec).encode(),

@@ -251,3 +251,34 @@ def test_a_store_failing_under_a_request_gets_openais_500_body_and_nothing_of_th
     assert set(error) == {"message", "type", "param", "code"} and error["type"] == "server_error"
     assert "key_spend" not in error["message"] and "sqlite" not in error["message"].lower()
     assert fake.requests == []  # the budget could not be reserved, so nothing was spent upstream
+
+
+@contextlib.contextmanager
+def write_lock_held(db_path: Path) -> Any:
+    """Another connection holding the gateway's SQLite file's write lock (another process writing)."""
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def test_a_budgeted_request_whose_store_is_stuck_ends_at_its_deadline_and_one_without_is_answered(
+    fake_openai: tuple[FakeOpenAI, str], start_gateway: Any
+) -> None:
+    """With the store's write lock held by another connection and a request deadline of 1 s: a key with a
+    budget cannot reserve, and its request ends at the deadline (504) instead of waiting for the lock; a key
+    without one never waits on the store, and is answered meanwhile."""
+    fake, url = fake_openai
+    fake.default = Reply(body=completion("ok", usage=USAGE))
+    gateway = start_gateway(CATALOG.replace("URL", url), admin_token=ADMIN, request_timeout_secs=1.0)
+    admin = Admin(gateway)
+    budgeted, unbudgeted = admin.create_key(budget_usd=10.0), admin.create_key()
+    with write_lock_held(gateway.db_path):
+        stuck = chat(gateway.url, bearer(budgeted["key"]))
+        answered = chat(gateway.url, bearer(unbudgeted["key"]))
+        assert fake.requests and len(fake.requests) == 1  # while the lock is still held
+    assert stuck.status_code == 504 and stuck.json()["error"]["code"] == "upstream_timeout"
+    assert answered.status_code == 200

@@ -16,6 +16,10 @@ class KeyBudgets:
         self._ring = ring
         self._spend = spend
 
+    def spends(self, account: str) -> bool:
+        key = self._ring.get(account)
+        return key is None or key.budget_usd is not None  # a key not seen yet is looked up by reserve
+
     async def reserve(self, account: str, amount_usd: float) -> Reservation | None:
         key = await current_key(self._ring, account)
         if key is None or key.budget_usd is None:

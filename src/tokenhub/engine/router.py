@@ -89,6 +89,10 @@ class SpendGuard(Protocol):
     room, and returns None for an account without a budget (nothing to hold back). ``settle`` completes
     even when its caller is cancelled meanwhile."""
 
+    def spends(self, account: str) -> bool:
+        """Whether calls ``account`` pays for reserve and settle in a budget (and so wait on a store)."""
+        ...
+
     async def reserve(self, account: str, amount_usd: float) -> Reservation | None: ...
 
     async def settle(self, reservation: Reservation, actual_usd: float) -> None: ...
@@ -470,7 +474,7 @@ class Engine:
 
     def _spends(self, policy: Policy) -> bool:
         """Whether calls under ``policy`` reserve and settle money in a budget."""
-        return self._spend is not None and policy.account is not None
+        return self._spend is not None and policy.account is not None and self._spend.spends(policy.account)
 
     async def _reserve(
         self, policy: Policy, model: ModelSpec, estimate: Estimate, request: ChatRequest
