@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -58,3 +59,16 @@ async def open_store(backend: str, tmp_path: Path) -> AsyncIterator[SQLStore]:
     """A started store on a new database on ``backend`` (see ``database_url``)."""
     async with database_url(backend, tmp_path) as url, started_store(url) as store:
         yield store
+
+
+@contextlib.contextmanager
+def write_lock_held(path: Path) -> Iterator[sqlite3.Connection]:
+    """Another connection holding a SQLite file's write lock (as another process writing does)."""
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        yield other
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.databases import BACKENDS, open_store
+from tests.databases import BACKENDS, open_store, write_lock_held
 from tokenhub.store.spend import SpendStore
 
 
@@ -85,19 +85,6 @@ async def sqlite_spend(tmp_path: Path) -> AsyncIterator[tuple[SpendStore, Path]]
     async with open_store("sqlite", tmp_path) as store:
         assert store.url.database is not None
         yield SpendStore(store), Path(store.url.database)
-
-
-@contextlib.contextmanager
-def write_lock_held(path: Path) -> Iterator[sqlite3.Connection]:
-    """Another connection holding the file's write lock (as a batch of request logs being written does)."""
-    other = sqlite3.connect(path, isolation_level=None)
-    try:
-        other.execute("BEGIN IMMEDIATE")
-        yield other
-    finally:
-        if other.in_transaction:
-            other.execute("ROLLBACK")
-        other.close()
 
 
 async def test_a_reservation_waits_off_the_event_loop_while_another_connection_writes(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.databases import BACKENDS, open_store
+from tests.databases import BACKENDS, open_store, write_lock_held
 from tokenhub.store import RequestLog, RequestLogWriter, SQLStore
 
 
@@ -186,14 +185,9 @@ async def test_a_batch_written_while_another_connection_writes_waits_for_it_off_
 ) -> None:
     async with open_store("sqlite", tmp_path) as store:
         assert store.url.database is not None
-        other = sqlite3.connect(store.url.database, isolation_level=None)
-        try:
-            other.execute("BEGIN IMMEDIATE")  # the file's write lock
+        with write_lock_held(Path(store.url.database)):
             writing = asyncio.create_task(store.write_request_logs([row(i) for i in range(150)]))
             await asyncio.sleep(0.2)  # would stall for the whole busy timeout if the loop waited on the lock
             assert not writing.done()
-            other.execute("ROLLBACK")
-        finally:
-            other.close()
         await asyncio.wait_for(writing, 10)
         assert len(await store.request_logs(limit=200)) == 150
