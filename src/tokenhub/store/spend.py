@@ -84,15 +84,16 @@ class SpendStore:
         """Release ``reserved`` and count ``actual`` (what the call really cost). A settlement whose caller is
         cancelled meanwhile (a client that left) still completes."""
         now = datetime.now(UTC)
-        settle = (reserved, actual, sqlite_time(now), key_id, period)
-        if self._store.sqlite is not None:  # at once, else on a thread that finishes it anyway
-            await self._store.sqlite.execute(_SQLITE_SETTLE, settle)
+        if not self._store.is_sqlite:
+            await asyncio.shield(
+                self._store.postgres_fetchval(_POSTGRES_SETTLE, reserved, actual, now, key_id, period)
+            )
             return
-        if self._store.is_sqlite:
-            settling = self._in_memory(_SQLITE_SETTLE, settle)
-        else:
-            settling = self._store.postgres_fetchval(_POSTGRES_SETTLE, reserved, actual, now, key_id, period)
-        await asyncio.shield(settling)
+        settle = (reserved, actual, sqlite_time(now), key_id, period)
+        if self._store.sqlite is None:
+            await asyncio.shield(self._in_memory(_SQLITE_SETTLE, settle))
+            return
+        await self._store.sqlite.execute(_SQLITE_SETTLE, settle)  # at once, else on a thread that finishes it
 
     async def _in_memory(self, statement: str, parameters: tuple[Any, ...]) -> int:
         """``statement`` through the SQLAlchemy engine: an in-memory SQLite database (tests) is its alone."""
